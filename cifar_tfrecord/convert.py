@@ -1,0 +1,374 @@
+"""The converter: a source's images to stratified, shuffled TFRecord shards.
+
+    source --(id, png or pixels, label)--> decode and check (TF, other core)
+           --> split train/validation per class --> shuffle --> shards
+           --> manifest.json, last
+
+Everything is read, decoded and checked before the first byte is written, so
+bad input leaves no partial output. Shards are written under temporary names
+and renamed when complete; the manifest goes last.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+import time
+from typing import Iterable, Iterator
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cifar_tfrecord import records
+from cifar_tfrecord import sample
+from cifar_tfrecord import sources
+from cifar_tfrecord.config import ConvertConfig
+from cifar_tfrecord.errors import UserInputError
+
+# Images decoded per call into TF: large enough that TF's per-call cost
+# vanishes, small enough that decoding overlaps decompression.
+_DECODE_CHUNK = 2048
+_PROGRESS_SECONDS = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedSet:
+    """One of Kaggle's sets, decoded, checked and serialized, in memory."""
+    ids: list[str]
+    labels: np.ndarray      # int64, (n,), UNKNOWN_LABEL where unlabelled
+    records: list[bytes]    # serialized tf.train.Examples
+
+
+def convert(config: ConvertConfig) -> records.Manifest:
+    """Converts the configured source into `config.output_dir`.
+
+    A rerun with the same input and flags returns the existing manifest at
+    once; records made from other input or flags are replaced only with
+    `overwrite`.
+    """
+    config.validate()
+    source = make_source(config)
+    provenance = {'source': source.fingerprint(), 'options': _options(config)}
+    existing = _existing_manifest(config.output_dir)
+    if existing is not None and not config.overwrite:
+        if existing.provenance == provenance and _shards_present(config.output_dir, existing):
+            logging.info('%s is up to date with this input and these flags; nothing to do '
+                         '(--overwrite converts again)', config.output_dir)
+            return existing
+        raise UserInputError(
+            f'{config.output_dir} already holds records made from other input or flags; '
+            'pass --overwrite to replace them, or choose another --output_dir')
+    with _StagedWriter(config) as writer:
+        train = load_set(source.examples('train'), config.encoding, 'train')
+        train_indices, validation_indices = split_train(
+            train, config.validation_fraction, config.seed)
+        # Shards are written while the next set is read.
+        writer.stage('train', train, train_indices)
+        writer.stage('validation', train, validation_indices)
+        if 'test' in source.sets():
+            test = load_set(source.examples('test'), config.encoding, 'test')
+            writer.stage('test', test, np.arange(len(test.ids)))
+        return writer.commit(provenance, existing)
+
+
+def make_source(config: ConvertConfig):
+    """The source named by `--source`, with 'auto' resolved and logged."""
+    name = config.source
+    if name == 'auto':
+        name = _resolve_auto(config)
+    if name == 'dir':
+        return sources.KaggleLayout(config.data_dir)
+    if name == 'kaggle':
+        return sources.KaggleLayout(sources.download_competition(config.download_dir))
+    if name == 'tfds':
+        return sources.TfdsSource(config.tfds_data_dir)
+    return sample.SampleSource(
+        config.sample_images_per_class, config.sample_test_images, config.seed)
+
+
+def _resolve_auto(config: ConvertConfig) -> str:
+    if config.data_dir:
+        return 'dir'
+    if os.path.exists(os.path.join(config.download_dir, sources.COMPETITION_ZIP)):
+        return 'kaggle'
+    if sources.kaggle_credentials_found():
+        return 'kaggle'
+    logging.warning(
+        'No --data_dir, no %s in %s and no Kaggle credentials: converting the '
+        'generated offline sample (--source=sample), not CIFAR-10. See the README '
+        'for the real data.', sources.COMPETITION_ZIP, config.download_dir)
+    return 'sample'
+
+
+def _options(config: ConvertConfig) -> dict:
+    return {'encoding': config.encoding, 'validation_fraction': config.validation_fraction,
+            'seed': config.seed, 'num_shards': config.num_shards}
+
+
+# ----------------------------------------------------------------------------
+# Loading: decode and check every image, overlapped with reading.
+
+
+def load_set(examples: Iterable[sources.SourceExample], encoding: str,
+             kaggle_set: str) -> LoadedSet:
+    """Decodes and checks a set's images while the source goes on reading.
+
+    The source (py7zr, in Python) and TF's decoder (C++, without the GIL) run
+    on different cores.
+    """
+    progress = _Progress(kaggle_set)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as decoder:
+        futures = []
+        for chunk in _chunks(examples, _DECODE_CHUNK):
+            futures.append(decoder.submit(decode_chunk, chunk, encoding, kaggle_set))
+            progress.update(len(chunk))
+        parts = [future.result() for future in futures]
+    progress.done()
+    if not parts:
+        raise UserInputError(f'{kaggle_set}: the source holds no images')
+    return LoadedSet(
+        ids=[image_id for part in parts for image_id in part.ids],
+        labels=np.concatenate([part.labels for part in parts]),
+        records=[record for part in parts for record in part.records])
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def decode_chunk(chunk: list[sources.SourceExample], encoding: str,
+                 kaggle_set: str) -> LoadedSet:
+    """Decodes (or encodes), checks and serializes one chunk of images.
+
+    Serializing here, on the decoder thread, keeps it off the critical path:
+    once the last image is read, only file writes remain.
+    """
+    ids = [example.id for example in chunk]
+    labels = np.array([example.label for example in chunk], dtype=np.int64)
+    if isinstance(chunk[0].image, np.ndarray):  # Pixels already (tfds).
+        images = np.stack([example.image for example in chunk])
+        _check_sizes(ids, [image.shape[:2] for image in images], kaggle_set)
+        pngs = _encode_pngs(images) if encoding == 'png' else None
+    else:
+        pngs = [example.image for example in chunk]
+        images = _decode_checked(ids, pngs, kaggle_set)
+    payloads = pngs if encoding == 'png' else [image.tobytes() for image in images]
+    serialized = [records.serialize_example(encoding, image_id, payload, int(label))
+                  for image_id, payload, label in zip(ids, payloads, labels)]
+    return LoadedSet(ids, labels, serialized)
+
+
+def _decode_checked(ids: list[str], pngs: list[bytes], kaggle_set: str) -> np.ndarray:
+    for image_id, png in zip(ids, pngs):
+        if not png.startswith(records.PNG_SIGNATURE):
+            raise UserInputError(f'{kaggle_set}: image {image_id}.png is not a PNG file')
+    try:
+        images, sizes = _decode_pngs(tf.constant(pngs))
+    except tf.errors.InvalidArgumentError:
+        raise _find_undecodable(ids, pngs, kaggle_set) from None
+    _check_sizes(ids, sizes.numpy(), kaggle_set)
+    return images.numpy()
+
+
+@tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+def _decode_pngs(pngs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decodes PNGs in parallel; also returns each one's true (height, width)."""
+    height, width, channels = records.IMAGE_SHAPE
+
+    def decode(png):
+        image = tf.io.decode_png(png, channels=channels)
+        # Cropped or padded only so that wrong sizes can be batched and named.
+        return (tf.image.resize_with_crop_or_pad(image, height, width),
+                tf.shape(image)[:2])
+
+    dataset = tf.data.Dataset.from_tensor_slices(pngs).map(
+        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(tf.shape(pngs, out_type=tf.int64)[0]).get_single_element()
+
+
+def _find_undecodable(ids: list[str], pngs: list[bytes], kaggle_set: str) -> UserInputError:
+    for image_id, png in zip(ids, pngs):
+        try:
+            tf.io.decode_png(png, channels=records.IMAGE_SHAPE[-1])
+        except tf.errors.InvalidArgumentError as error:
+            reason = error.message.split('[Op')[0].strip().splitlines()[-1]
+            return UserInputError(
+                f'{kaggle_set}: image {image_id}.png does not decode ({reason})')
+    return UserInputError(f'{kaggle_set}: a PNG among ids {ids[0]}..{ids[-1]} does not decode')
+
+
+def _check_sizes(ids: list[str], sizes, kaggle_set: str) -> None:
+    expected = records.IMAGE_SHAPE[:2]
+    for image_id, size in zip(ids, sizes):
+        if tuple(size) != expected:
+            raise UserInputError(
+                f'{kaggle_set}: image {image_id} is {size[1]}x{size[0]} pixels, not '
+                f'{expected[1]}x{expected[0]}')
+
+
+def _encode_pngs(images: np.ndarray) -> list[bytes]:
+    dataset = tf.data.Dataset.from_tensor_slices(images).map(
+        tf.io.encode_png, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return list(dataset.as_numpy_iterator())
+
+
+class _Progress:
+    """Logs images/s every few seconds while a set is read."""
+
+    def __init__(self, name: str):
+        self._name = name
+        self._count = 0
+        self._start = self._last = time.perf_counter()
+
+    def update(self, count: int) -> None:
+        self._count += count
+        now = time.perf_counter()
+        if now - self._last >= _PROGRESS_SECONDS:
+            self._last = now
+            self._log('read')
+
+    def done(self) -> None:
+        self._log('done:')
+
+    def _log(self, verb: str) -> None:
+        seconds = max(time.perf_counter() - self._start, 1e-9)
+        logging.info('%s: %s %d images, %.0f images/s', self._name, verb,
+                     self._count, self._count / seconds)
+
+
+# ----------------------------------------------------------------------------
+# Splitting.
+
+
+def split_train(train: LoadedSet, validation_fraction: float,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Kaggle's train set to (train, validation) indices, stratified per class."""
+    if np.any(train.labels == records.UNKNOWN_LABEL):
+        raise UserInputError('train: every training image needs a label')
+    # Ordering by id first makes the split independent of archive order.
+    order = np.array(sorted(range(len(train.ids)),
+                            key=lambda index: sources.id_sort_key(train.ids[index])))
+    rng = np.random.default_rng(seed)
+    validation = []
+    for class_index in range(records.NUM_CLASSES):
+        members = order[train.labels[order] == class_index]
+        count = round(len(members) * validation_fraction)
+        if len(members) >= 2:
+            # Even tiny data validates and trains on every class.
+            count = min(max(count, 1), len(members) - 1)
+        validation.append(rng.permutation(members)[:count])
+    validation = np.sort(np.concatenate(validation))
+    if len(validation) == 0 or len(validation) == len(order):
+        raise UserInputError(
+            f'--validation_fraction={validation_fraction} leaves an empty split of '
+            f'{len(order)} training images')
+    return np.setdiff1d(order, validation), validation
+
+
+# ----------------------------------------------------------------------------
+# Writing.
+
+
+class _StagedWriter:
+    """Writes shards on a background thread under temporary names, and
+    publishes them all, then the manifest, only when every set was read.
+
+    On any error the temporary files are removed and nothing else is touched.
+    """
+
+    def __init__(self, config: ConvertConfig):
+        self._config = config
+        self._created_dir = not tf.io.gfile.exists(config.output_dir)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._futures = {}
+
+    def __enter__(self) -> '_StagedWriter':
+        tf.io.gfile.makedirs(self._config.output_dir)
+        return self
+
+    def stage(self, split: str, loaded: LoadedSet, indices: np.ndarray) -> None:
+        self._futures[split] = self._executor.submit(
+            self._write_split, split, loaded, indices)
+
+    def commit(self, provenance: dict, existing: records.Manifest | None) -> records.Manifest:
+        splits = {split: future.result() for split, future in self._futures.items()}
+        output_dir = self._config.output_dir
+        if existing is not None:
+            # Gone first: while old and new shards mix, no manifest vouches for them.
+            tf.io.gfile.remove(records.manifest_path(output_dir))
+        for split in splits.values():
+            for shard in split.shards:
+                records.publish(os.path.join(output_dir, shard.name))
+        manifest = records.Manifest(self._config.encoding, splits, provenance)
+        records.write_manifest(output_dir, manifest)
+        if existing is not None:
+            _remove_stale_shards(output_dir, existing, manifest)
+        logging.info('Wrote %s: %s', records.manifest_path(output_dir), ', '.join(
+            f'{name} {split.num_examples}' for name, split in splits.items()))
+        return manifest
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        if error_type is None:
+            return
+        output_dir = self._config.output_dir
+        for name in tf.io.gfile.listdir(output_dir):
+            if name.endswith(records.PARTIAL_SUFFIX):
+                tf.io.gfile.remove(os.path.join(output_dir, name))
+        if self._created_dir and not tf.io.gfile.listdir(output_dir):
+            tf.io.gfile.rmtree(output_dir)
+
+    def _write_split(self, split: str, loaded: LoadedSet, indices: np.ndarray) -> records.Split:
+        """Shuffles a split across its shards and writes them."""
+        # Each split has its own stream, so the order of writing does not matter.
+        rng = np.random.default_rng([self._config.seed, records.SPLITS.index(split)])
+        shuffled = rng.permutation(indices)
+        count = min(self._config.num_shards, len(shuffled))
+        shards = []
+        for shard_index, members in enumerate(np.array_split(shuffled, count)):
+            path = os.path.join(self._config.output_dir,
+                                records.shard_name(split, shard_index, count))
+            shards.append(records.write_partial_shard(
+                path, [loaded.records[index] for index in members]))
+        logging.info('%s: wrote %d images in %d shards', split, len(shuffled), count)
+        class_counts = collections.Counter(
+            records.class_name(int(label)) for label in loaded.labels[indices])
+        return records.Split(len(shuffled), dict(sorted(class_counts.items())), tuple(shards))
+
+
+def _existing_manifest(output_dir: str) -> records.Manifest | None:
+    if not tf.io.gfile.exists(records.manifest_path(output_dir)):
+        return None
+    try:
+        return records.load_manifest(output_dir)
+    except UserInputError:
+        # An unreadable manifest: treat the folder like any records from
+        # other flags; nothing is touched without --overwrite.
+        return records.Manifest('unknown', {}, {'unreadable': True})
+
+
+def _shards_present(output_dir: str, manifest: records.Manifest) -> bool:
+    for split in manifest.splits.values():
+        for shard in split.shards:
+            path = os.path.join(output_dir, shard.name)
+            if not tf.io.gfile.exists(path) or tf.io.gfile.stat(path).length != shard.num_bytes:
+                return False
+    return True
+
+
+def _remove_stale_shards(output_dir: str, old: records.Manifest,
+                         new: records.Manifest) -> None:
+    current = {shard.name for split in new.splits.values() for shard in split.shards}
+    for split in old.splits.values():
+        for shard in split.shards:
+            path = os.path.join(output_dir, shard.name)
+            if shard.name not in current and tf.io.gfile.exists(path):
+                tf.io.gfile.remove(path)

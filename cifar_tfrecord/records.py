@@ -1,0 +1,333 @@
+"""The record schema, the shard writer, the manifest and the readers.
+
+This module is the only place that knows how a CIFAR-10 example is laid out in
+a TFRecord. The schema below drives both the writer (`serialize_example`) and
+the parser (`parse_examples`), and the manifest is the only way readers find
+shards: nothing globs a folder.
+
+Layout of a records folder:
+    manifest.json                       written last, names every shard
+    train-00000-of-00064.tfrecord       ...
+    validation-00000-of-00064.tfrecord  ...
+    test-00000-of-00064.tfrecord        ... (when the source has a test set)
+"""
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from cifar_tfrecord.errors import UserInputError
+
+IMAGE_SHAPE = (32, 32, 3)
+# CIFAR-10's own label order; Kaggle's CSV, tfds and the Keras loader agree.
+CLASS_NAMES = (
+    'airplane', 'automobile', 'bird', 'cat', 'deer',
+    'dog', 'frog', 'horse', 'ship', 'truck',
+)
+NUM_CLASSES = len(CLASS_NAMES)
+SPLITS = ('train', 'validation', 'test')
+ENCODINGS = ('raw', 'png')
+UNKNOWN_LABEL = -1
+SCHEMA_VERSION = 1
+MANIFEST_NAME = 'manifest.json'
+# Files are written under this suffix and renamed when complete.
+PARTIAL_SUFFIX = '.partial'
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One feature of a record: its key in the tf.train.Example and its type."""
+    key: str
+    dtype: tf.dtypes.DType
+    default: object = None  # None: the feature must be present.
+
+
+@functools.cache
+def schema(encoding: str) -> dict[str, Field]:
+    """The fields of a record, by name, for one image encoding.
+
+    With png the keys are the ones the TF Model Garden classification decoder
+    reads (`image/encoded`, `image/class/label`), so those records feed it.
+    """
+    _check_encoding(encoding)
+    image_key = 'image/encoded' if encoding == 'png' else 'image/raw'
+    return {
+        'image': Field(image_key, tf.string),
+        'format': Field('image/format', tf.string, default=encoding.encode()),
+        'label': Field('image/class/label', tf.int64, default=UNKNOWN_LABEL),
+        'id': Field('image/id', tf.string),
+    }
+
+
+def _check_encoding(encoding: str) -> None:
+    if encoding not in ENCODINGS:
+        raise UserInputError(
+            f'unknown encoding {encoding!r}: use one of {", ".join(ENCODINGS)}')
+
+
+def serialize_example(encoding: str, example_id: str, image: bytes,
+                      label: int) -> bytes:
+    """One record as a serialized tf.train.Example.
+
+    Args:
+        encoding: 'raw' (image is the 3072 uint8 pixels) or 'png' (PNG bytes).
+        example_id: the Kaggle id, or the tfds id.
+        image: the image bytes in that encoding.
+        label: a class index, or UNKNOWN_LABEL, which is left out of the record.
+    """
+    values = {'image': image, 'format': encoding.encode(), 'label': label,
+              'id': example_id.encode()}
+    example = tf.train.Example()
+    # Filling the message in place is three times faster than nesting
+    # constructors, which matters at 50,000 records.
+    features = example.features.feature
+    for name, field in schema(encoding).items():
+        value = values[name]
+        if name == 'label' and value == UNKNOWN_LABEL:
+            continue  # An unlabelled image has no label feature at all.
+        if field.dtype == tf.string:
+            features[field.key].bytes_list.value.append(value)
+        else:
+            features[field.key].int64_list.value.append(value)
+    return example.SerializeToString()
+
+
+def feature_spec(encoding: str) -> dict[str, tf.io.FixedLenFeature]:
+    """The parse spec of `tf.io.parse_example`, derived from the schema."""
+    return {
+        field.key: tf.io.FixedLenFeature([], field.dtype, default_value=field.default)
+        for field in schema(encoding).values()
+    }
+
+
+def decode_png(png: tf.Tensor) -> tf.Tensor:
+    """One PNG to a (32, 32, 3) uint8 image; grey and RGBA images become RGB."""
+    image = tf.io.decode_png(png, channels=IMAGE_SHAPE[-1])
+    return tf.ensure_shape(image, IMAGE_SHAPE)
+
+
+def parse_examples(serialized: tf.Tensor, encoding: str) -> dict[str, tf.Tensor]:
+    """Parses a batch of serialized records.
+
+    Returns:
+        A dict with 'image' (uint8, [batch, 32, 32, 3]), 'label' (int64,
+        [batch], UNKNOWN_LABEL where absent) and 'id' (string, [batch]).
+    """
+    fields = schema(encoding)
+    parsed = tf.io.parse_example(serialized, feature_spec(encoding))
+    image_bytes = parsed[fields['image'].key]
+    if encoding == 'raw':
+        images = tf.reshape(tf.io.decode_raw(image_bytes, tf.uint8), (-1, *IMAGE_SHAPE))
+    else:
+        images = tf.map_fn(decode_png, image_bytes,
+                           fn_output_signature=tf.TensorSpec(IMAGE_SHAPE, tf.uint8))
+    return {'image': images, 'label': parsed[fields['label'].key],
+            'id': parsed[fields['id'].key]}
+
+
+# ----------------------------------------------------------------------------
+# Manifest.
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    name: str
+    num_examples: int
+    num_bytes: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    num_examples: int
+    # Examples per class name; unlabelled images count under 'unknown'.
+    class_counts: dict[str, int]
+    shards: tuple[Shard, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """What a records folder holds. Written last, so its presence means done."""
+    encoding: str
+    splits: dict[str, Split]
+    # Where the records came from and the flags that shaped them; a rerun with
+    # the same of both is a no-op.
+    provenance: dict
+    class_names: tuple[str, ...] = CLASS_NAMES
+    image_shape: tuple[int, ...] = IMAGE_SHAPE
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + '\n'
+
+    @classmethod
+    def from_json(cls, text: str) -> 'Manifest':
+        data = json.loads(text)
+        splits = {
+            name: Split(split['num_examples'], split['class_counts'],
+                        tuple(Shard(**shard) for shard in split['shards']))
+            for name, split in data.pop('splits').items()
+        }
+        return cls(
+            splits=splits,
+            class_names=tuple(data.pop('class_names')),
+            image_shape=tuple(data.pop('image_shape')),
+            **data)
+
+
+def manifest_path(records_dir: str) -> str:
+    return os.path.join(records_dir, MANIFEST_NAME)
+
+
+def load_manifest(records_dir: str) -> Manifest:
+    """Reads `manifest.json`, or says clearly that the folder holds no records."""
+    path = manifest_path(records_dir)
+    if not tf.io.gfile.exists(path):
+        raise UserInputError(
+            f'{path} not found: {records_dir} holds no finished records '
+            '(run scripts/convert.py first)')
+    try:
+        with tf.io.gfile.GFile(path, 'r') as file:
+            manifest = Manifest.from_json(file.read())
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserInputError(f'{path} is not a valid manifest: {error}') from error
+    if manifest.schema_version != SCHEMA_VERSION:
+        raise UserInputError(
+            f'{path} has schema version {manifest.schema_version}, this code reads '
+            f'version {SCHEMA_VERSION}: convert the data again')
+    return manifest
+
+
+def write_manifest(records_dir: str, manifest: Manifest) -> None:
+    """Writes the manifest under a temporary name, then renames it into place."""
+    path = manifest_path(records_dir)
+    with tf.io.gfile.GFile(path + PARTIAL_SUFFIX, 'w') as file:
+        file.write(manifest.to_json())
+    publish(path)
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f'{split}-{index:05d}-of-{count:05d}.tfrecord'
+
+
+def shard_paths(records_dir: str, split: str, manifest: Manifest | None = None) -> list[str]:
+    """The shard files of one split, in manifest order."""
+    manifest = manifest or load_manifest(records_dir)
+    if split not in manifest.splits:
+        raise UserInputError(
+            f'split {split!r} is not in {manifest_path(records_dir)}; it has: '
+            f'{", ".join(manifest.splits)}')
+    return [os.path.join(records_dir, shard.name) for shard in manifest.splits[split].shards]
+
+
+# ----------------------------------------------------------------------------
+# Writing.
+
+
+def write_partial_shard(path: str, serialized: list[bytes]) -> Shard:
+    """Writes a shard under its temporary name, `path + PARTIAL_SUFFIX`.
+
+    `publish` renames it when the whole conversion has succeeded. A reader
+    never sees a partial shard under its final name, and the manifest that
+    points at shards is written only after every one is in place.
+    """
+    temporary_path = path + PARTIAL_SUFFIX
+    with tf.io.TFRecordWriter(temporary_path) as writer:
+        for record in serialized:
+            writer.write(record)
+    digest, num_bytes = file_digest(temporary_path)
+    return Shard(os.path.basename(path), len(serialized), num_bytes, digest)
+
+
+def publish(path: str) -> None:
+    """Moves a file written under its temporary name to `path`."""
+    tf.io.gfile.rename(path + PARTIAL_SUFFIX, path, overwrite=True)
+
+
+def file_digest(path: str) -> tuple[str, int]:
+    """The sha256 and size of a file, read through tf.io.gfile."""
+    digest = hashlib.sha256()
+    num_bytes = 0
+    with tf.io.gfile.GFile(path, 'rb') as file:
+        while chunk := file.read(1 << 22):
+            digest.update(chunk)
+            num_bytes += len(chunk)
+    return digest.hexdigest(), num_bytes
+
+
+# ----------------------------------------------------------------------------
+# Reading and verifying.
+
+
+def read_split(records_dir: str, split: str,
+               batch_size: int = 1024) -> Iterator[tuple[str, np.ndarray, int]]:
+    """Yields `(kaggle_id, image, label)` for every record of a split.
+
+    `image` is a uint8 array of shape (32, 32, 3) and `label` an int, -1 when
+    the image is unlabelled. Records come in manifest (shard) order.
+    """
+    manifest = load_manifest(records_dir)
+    paths = shard_paths(records_dir, split, manifest)
+    for batch in _read_batches(paths, manifest.encoding, batch_size):
+        for example_id, image, label in zip(batch['id'], batch['image'], batch['label']):
+            yield example_id.decode(), image, int(label)
+
+
+def _read_batches(paths: list[str], encoding: str, batch_size: int) -> Iterator[dict]:
+    dataset = tf.data.TFRecordDataset(paths).batch(batch_size)
+    dataset = dataset.map(lambda serialized: parse_examples(serialized, encoding))
+    return dataset.as_numpy_iterator()
+
+
+def verify(records_dir: str) -> dict[str, int]:
+    """Re-reads every shard against the manifest: size, sha256, counts.
+
+    Returns:
+        The number of verified records per split.
+
+    Raises:
+        UserInputError naming the first shard that does not match.
+    """
+    manifest = load_manifest(records_dir)
+    counts = {}
+    for split_name, split in manifest.splits.items():
+        class_counts = dict.fromkeys(split.class_counts, 0)
+        for shard in split.shards:
+            path = os.path.join(records_dir, shard.name)
+            labels = _verify_shard(path, shard, manifest.encoding)
+            for label in labels:
+                name = class_name(label)
+                class_counts[name] = class_counts.get(name, 0) + 1
+        if class_counts != split.class_counts:
+            raise UserInputError(
+                f'{split_name}: class counts {class_counts} differ from the '
+                f'manifest {split.class_counts}')
+        counts[split_name] = sum(class_counts.values())
+    return counts
+
+
+def _verify_shard(path: str, shard: Shard, encoding: str) -> np.ndarray:
+    if not tf.io.gfile.exists(path):
+        raise UserInputError(f'shard {path} is listed in the manifest but missing')
+    digest, num_bytes = file_digest(path)
+    if (digest, num_bytes) != (shard.sha256, shard.num_bytes):
+        raise UserInputError(
+            f'shard {path} does not match its manifest checksum (corrupt or changed)')
+    labels = np.concatenate(
+        [batch['label'] for batch in _read_batches([path], encoding, 4096)] or [[]])
+    if len(labels) != shard.num_examples:
+        raise UserInputError(
+            f'shard {path} holds {len(labels)} records, the manifest says '
+            f'{shard.num_examples}')
+    return labels
+
+
+def class_name(label: int) -> str:
+    return CLASS_NAMES[label] if label != UNKNOWN_LABEL else 'unknown'

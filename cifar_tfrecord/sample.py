@@ -1,0 +1,144 @@
+"""The offline sample: small, learnable, generated, in Kaggle's exact layout.
+
+Ten classes of procedurally drawn 32x32 images (a shape per class, random
+colours, position, size and noise), written as Kaggle delivers CIFAR-10: a zip
+holding `train.7z`, `test.7z`, `trainLabels.csv` and `sampleSubmission.csv`.
+The converter then reads it through the same code path as the real data.
+Nothing binary is committed; the same seed gives the same pixels.
+
+`write_kaggle_zip` is public: tests build their own inputs, good and broken,
+with it.
+"""
+
+import io
+import os
+import tempfile
+import zipfile
+from typing import Iterator, Mapping
+
+import numpy as np
+import py7zr
+import tensorflow as tf
+
+from cifar_tfrecord import records
+from cifar_tfrecord import sources
+
+SAMPLE_VERSION = 1
+_SIZE = records.IMAGE_SHAPE[0]
+# Zip entries get a fixed date so the same sample gives the same zip bytes.
+_ZIP_DATE = (2020, 1, 1, 0, 0, 0)
+
+
+def draw_image(class_index: int, rng: np.random.Generator) -> np.ndarray:
+    """One (32, 32, 3) uint8 image of a class: its shape on a random ground."""
+    rows, columns = np.mgrid[0:_SIZE, 0:_SIZE].astype(np.float32)
+    center_row, center_column = rng.uniform(10, 22, size=2)
+    radius = rng.uniform(5, 10)
+    rows, columns = rows - center_row, columns - center_column
+    mask = _SHAPES[class_index](rows, columns, radius)
+    background = rng.uniform(0, 255, size=3)
+    # The foreground stays far from the background so the shape is visible.
+    foreground = (background + rng.uniform(90, 165, size=3)) % 255
+    image = np.where(mask[..., None], foreground, background)
+    image += rng.normal(0, 12, size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+_SHAPES = (
+    lambda r, c, s: (np.abs(r) < s / 4) & (np.abs(c) < s * 1.4),        # airplane: wide bar
+    lambda r, c, s: (np.abs(r) < s) & (np.abs(c) < s),                  # automobile: square
+    lambda r, c, s: r ** 2 + c ** 2 < s ** 2,                           # bird: disc
+    lambda r, c, s: np.abs(np.hypot(r, c) - s) < 1.5,                   # cat: ring
+    lambda r, c, s: (np.abs(c) < s / 4) & (np.abs(r) < s * 1.4),        # deer: tall bar
+    lambda r, c, s: ((np.abs(r) < 2) | (np.abs(c) < 2))
+    & (np.abs(r) < s) & (np.abs(c) < s),                                # dog: plus
+    lambda r, c, s: ((np.abs(r - c) < 2) | (np.abs(r + c) < 2))
+    & (np.abs(r) < s) & (np.abs(c) < s),                                # frog: cross
+    lambda r, c, s: (np.floor((r + 32) / 3) % 2 == 0),                  # horse: stripes
+    lambda r, c, s: (r < s) & (np.abs(c) < (r + s) / 2),                # ship: triangle
+    lambda r, c, s: (np.floor((r + 32) / 4) + np.floor((c + 32) / 4)) % 2 == 0,  # truck: checks
+)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    return tf.io.encode_png(image).numpy()
+
+
+def generate(images_per_class: int, test_images: int,
+             seed: int) -> tuple[dict[str, bytes], dict[str, str], dict[str, bytes]]:
+    """The sample's train PNGs, their class names, and unlabelled test PNGs."""
+    rng = np.random.default_rng(seed)
+    classes = rng.permutation(np.repeat(np.arange(records.NUM_CLASSES), images_per_class))
+    train, labels = {}, {}
+    for number, class_index in enumerate(classes, start=1):
+        train[str(number)] = encode_png(draw_image(class_index, rng))
+        labels[str(number)] = records.CLASS_NAMES[class_index]
+    test = {str(number): encode_png(draw_image(rng.integers(records.NUM_CLASSES), rng))
+            for number in range(1, test_images + 1)}
+    return train, labels, test
+
+
+def write_kaggle_zip(zip_path: str, train: Mapping[str, bytes], labels_csv: str,
+                     test: Mapping[str, bytes] | None = None) -> str:
+    """Writes a zip in Kaggle's cifar-10 layout.
+
+    Args:
+        zip_path: where to write the zip.
+        train: archive entry name ('train/1.png') or id ('1') -> file bytes.
+        labels_csv: the whole text of trainLabels.csv.
+        test: the same as train, for test.7z; None leaves test.7z out.
+    """
+    with zipfile.ZipFile(zip_path, 'w', zipfile.ZIP_STORED) as archive:
+        _add(archive, 'train.7z', make_7z(train, 'train'))
+        _add(archive, sources.LABELS_CSV, labels_csv.encode())
+        if test is not None:
+            _add(archive, 'test.7z', make_7z(test, 'test'))
+            rows = ''.join(f'{image_id},cat\n' for image_id in test)
+            _add(archive, sources.SAMPLE_SUBMISSION_CSV, f'id,label\n{rows}'.encode())
+    return zip_path
+
+
+def labels_csv(labels: Mapping[str, str]) -> str:
+    return 'id,label\n' + ''.join(f'{image_id},{label}\n' for image_id, label in labels.items())
+
+
+def make_7z(files: Mapping[str, bytes], folder: str) -> bytes:
+    """A 7z archive in memory; names without a folder go under `folder/`."""
+    buffer = io.BytesIO()
+    with py7zr.SevenZipFile(buffer, 'w') as archive:
+        for name, data in files.items():
+            arcname = name if '/' in name or name.startswith('..') else f'{folder}/{name}.png'
+            archive.writestr(data, arcname)
+    return buffer.getvalue()
+
+
+def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+    archive.writestr(zipfile.ZipInfo(name, date_time=_ZIP_DATE), data)
+
+
+class SampleSource:
+    """The generated sample, seen through the same reader as Kaggle's zip."""
+
+    def __init__(self, images_per_class: int, test_images: int, seed: int):
+        self._parameters = dict(images_per_class=images_per_class,
+                                test_images=test_images, seed=seed)
+        self._layout = None
+        self._folder = None
+
+    def fingerprint(self) -> dict:
+        return {'kind': 'sample', 'version': SAMPLE_VERSION, **self._parameters}
+
+    def sets(self) -> tuple[str, ...]:
+        return sources.KAGGLE_SETS
+
+    def examples(self, kaggle_set: str) -> Iterator[sources.SourceExample]:
+        return self._kaggle_layout().examples(kaggle_set)
+
+    def _kaggle_layout(self) -> sources.KaggleLayout:
+        if self._layout is None:
+            self._folder = tempfile.TemporaryDirectory(prefix='cifar_sample_')
+            train, labels, test = generate(**self._parameters)
+            zip_path = os.path.join(self._folder.name, sources.COMPETITION_ZIP)
+            write_kaggle_zip(zip_path, train, labels_csv(labels), test)
+            self._layout = sources.KaggleLayout(zip_path)
+        return self._layout

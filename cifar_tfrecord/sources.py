@@ -1,0 +1,375 @@
+"""Where CIFAR-10 comes from: Kaggle, a local folder, tensorflow-datasets, or
+the generated offline sample.
+
+Every source yields `SourceExample(id, image, label)` for Kaggle's two sets,
+'train' and 'test'. `image` is PNG bytes (Kaggle layouts) or a uint8 array
+(tfds); `label` is an index into CLASS_NAMES, or UNKNOWN_LABEL. Sources know
+nothing of TFRecords: splitting, sharding and writing belong to the converter.
+"""
+
+import csv
+import io
+import os
+import pathlib
+import re
+import zipfile
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from cifar_tfrecord import archive
+from cifar_tfrecord import records
+from cifar_tfrecord.errors import UserInputError
+
+KAGGLE_SETS = ('train', 'test')
+COMPETITION = 'cifar-10'
+COMPETITION_ZIP = 'cifar-10.zip'
+LABELS_CSV = 'trainLabels.csv'
+SAMPLE_SUBMISSION_CSV = 'sampleSubmission.csv'
+RULES_URL = 'https://www.kaggle.com/c/cifar-10/rules'
+# Images leave tf.data iterators in batches: one call per image costs more.
+_HANDOFF_BATCH = 256
+
+
+class SourceExample(NamedTuple):
+    id: str
+    image: bytes | np.ndarray
+    label: int
+
+
+# ----------------------------------------------------------------------------
+# Kaggle's layout: a zip, or 7z archives, or extracted PNGs, plus the CSV.
+
+
+class KaggleLayout:
+    """Kaggle's CIFAR-10 files in any of the forms a user may hold them.
+
+    `path` is a `cifar-10.zip`, or a folder that holds one of: that zip;
+    `train.7z` (and `test.7z`) beside `trainLabels.csv`; or extracted
+    `train/<id>.png` (and `test/<id>.png`) beside `trainLabels.csv`. Images
+    are read straight out of the archives, in memory; nothing is unpacked.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._files = _open_container(path)
+        if not self._files.exists(LABELS_CSV):
+            raise UserInputError(f'{path}: {LABELS_CSV} not found beside the images')
+        self._extracted = not self._files.exists('train.7z')
+        if self._extracted and not self._files.isdir('train'):
+            raise UserInputError(f'{path}: neither train.7z nor a train/ folder found')
+
+    def sets(self) -> tuple[str, ...]:
+        """Kaggle's sets present here: always 'train', 'test' when it exists."""
+        has_test = self._files.isdir('test') if self._extracted else self._files.exists('test.7z')
+        return KAGGLE_SETS if has_test else ('train',)
+
+    def fingerprint(self) -> dict:
+        """Identifies the input cheaply (names, sizes, times), to skip reruns."""
+        return {'kind': 'kaggle_layout', 'path': os.path.abspath(self.path),
+                'files': self._files.fingerprint()}
+
+    def examples(self, kaggle_set: str) -> Iterator[SourceExample]:
+        """Yields the set's images with their labels (train) or without (test)."""
+        images = self._images(kaggle_set)
+        if kaggle_set == 'test':
+            return (SourceExample(image_id, png, records.UNKNOWN_LABEL)
+                    for image_id, png in images)
+        labels = read_labels(self._files.read_text(LABELS_CSV), self._location(LABELS_CSV))
+        return _attach_labels(images, labels, self._location(kaggle_set))
+
+    def _images(self, kaggle_set: str) -> Iterator[tuple[str, bytes]]:
+        if self._extracted:
+            named = self._files.read_folder(kaggle_set)
+        else:
+            named = self._stream_7z(f'{kaggle_set}.7z')
+        return _unique_ids(named, self._location(kaggle_set))
+
+    def _stream_7z(self, name: str) -> Iterator[tuple[str, bytes]]:
+        location = self._location(name)
+
+        def check_names(names):
+            for entry in names:
+                check_member_name(entry, location)
+
+        try:
+            yield from archive.stream(*self._files.archive_path(name), location, check_names)
+        except archive.ArchiveError as error:
+            raise UserInputError(str(error)) from None
+
+    def _location(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+
+def read_labels(text: str, location: str) -> dict[str, int]:
+    """Parses `trainLabels.csv` (`id,label`, label a class name) to id -> index."""
+    class_index = {name: index for index, name in enumerate(records.CLASS_NAMES)}
+    rows = csv.reader(io.StringIO(text))
+    header = next(rows, None)
+    if header is None or [column.strip() for column in header] != ['id', 'label']:
+        raise UserInputError(f'{location}: expected the header "id,label", found {header}')
+    labels = {}
+    for line_number, row in enumerate(rows, start=2):
+        if not row:
+            continue
+        if len(row) != 2:
+            raise UserInputError(f'{location}: line {line_number} is not "id,label": {row}')
+        image_id, label = row[0].strip(), row[1].strip()
+        if label not in class_index:
+            raise UserInputError(
+                f'{location}: id {image_id} has label {label!r}, which is not one of '
+                f'the ten CIFAR-10 classes')
+        if image_id in labels:
+            raise UserInputError(f'{location}: duplicate id {image_id}')
+        labels[image_id] = class_index[label]
+    if not labels:
+        raise UserInputError(f'{location}: no labels')
+    return labels
+
+
+def _attach_labels(images: Iterator[tuple[str, bytes]], labels: dict[str, int],
+                   location: str) -> Iterator[SourceExample]:
+    unseen = set(labels)
+    for image_id, png in images:
+        if image_id not in labels:
+            raise UserInputError(
+                f'{location}: image {image_id}.png has no row in {LABELS_CSV}')
+        unseen.discard(image_id)
+        yield SourceExample(image_id, png, labels[image_id])
+    if unseen:
+        missing = sorted(unseen, key=id_sort_key)
+        raise UserInputError(
+            f'{LABELS_CSV}: id {missing[0]} has no image in {location}'
+            + (f' ({len(missing) - 1} more ids too)' if len(missing) > 1 else ''))
+
+
+def _unique_ids(named: Iterator[tuple[str, bytes]],
+                location: str) -> Iterator[tuple[str, bytes]]:
+    """Turns `train/123.png` entries into id '123', refusing duplicates."""
+    seen = set()
+    for name, data in named:
+        base = name.rsplit('/', 1)[-1]
+        if not base.lower().endswith('.png'):
+            continue  # Stray files (.DS_Store, notes) are not images.
+        image_id = base[:-len('.png')]
+        if image_id in seen:
+            raise UserInputError(f'{location}: duplicate id {image_id} ({name})')
+        seen.add(image_id)
+        yield image_id, data
+
+
+def id_sort_key(image_id: str) -> tuple:
+    """Kaggle ids are integers: sort '2' before '10'; other ids sort as text."""
+    return (0, int(image_id), '') if image_id.isdigit() else (1, 0, image_id)
+
+
+def check_member_name(name: str, location: str) -> None:
+    """Refuses an archive entry that would land outside its folder."""
+    normalized = name.replace('\\', '/')
+    if (normalized.startswith('/') or re.match(r'^[A-Za-z]:', normalized)
+            or '..' in pathlib.PurePosixPath(normalized).parts):
+        raise UserInputError(f'{location}: entry {name!r} escapes the archive folder')
+
+
+# ----------------------------------------------------------------------------
+# Containers: a folder, or a zip, seen the same way.
+
+
+def _open_container(path: str) -> '_Folder | _Zip':
+    if not tf.io.gfile.exists(path):
+        raise UserInputError(f'data folder {path} does not exist')
+    if not tf.io.gfile.isdir(path):
+        if path.endswith('.zip'):
+            return _Zip(path)
+        raise UserInputError(f'{path} is neither a folder nor a .zip file')
+    zip_path = os.path.join(path, COMPETITION_ZIP)
+    if tf.io.gfile.exists(zip_path):
+        return _Zip(zip_path)
+    if not tf.io.gfile.listdir(path):
+        raise UserInputError(
+            f'data folder {path} is empty: expected {COMPETITION_ZIP}, or train.7z with '
+            f'{LABELS_CSV}, or train/<id>.png with {LABELS_CSV}')
+    return _Folder(path)
+
+
+class _Folder:
+    def __init__(self, path: str):
+        self.path = path
+
+    def exists(self, name: str) -> bool:
+        return tf.io.gfile.exists(os.path.join(self.path, name))
+
+    def isdir(self, name: str) -> bool:
+        return tf.io.gfile.isdir(os.path.join(self.path, name))
+
+    def open(self, name: str):
+        return tf.io.gfile.GFile(os.path.join(self.path, name), 'rb')
+
+    def archive_path(self, name: str) -> tuple[str, None]:
+        return os.path.join(self.path, name), None
+
+    def read_text(self, name: str) -> str:
+        with self.open(name) as file:
+            return file.read().decode('utf-8-sig')
+
+    def fingerprint(self) -> list:
+        entries = []
+        for name in sorted(tf.io.gfile.listdir(self.path)):
+            stat = tf.io.gfile.stat(os.path.join(self.path, name))
+            entries.append([name.rstrip('/'), stat.length, stat.mtime_nsec])
+        return entries
+
+    def read_folder(self, name: str) -> Iterator[tuple[str, bytes]]:
+        """Reads every file of a subfolder, in parallel C++ threads (tf.data)."""
+        folder = os.path.join(self.path, name)
+        names = sorted(tf.io.gfile.listdir(folder), key=lambda file: id_sort_key(
+            pathlib.PurePosixPath(file).stem))
+        paths = [os.path.join(folder, file) for file in names if not file.endswith('/')]
+        if not paths:
+            raise UserInputError(f'{folder} holds no images')
+        dataset = tf.data.Dataset.from_tensor_slices(paths).map(
+            tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE).batch(_HANDOFF_BATCH)
+        offset = 0
+        for batch in dataset.as_numpy_iterator():
+            yield from zip(names[offset:offset + len(batch)], batch)
+            offset += len(batch)
+
+
+class _Zip:
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self._zip = zipfile.ZipFile(tf.io.gfile.GFile(path, 'rb'))
+        except zipfile.BadZipFile as error:
+            raise UserInputError(f'{path} is not a valid zip file: {error}') from error
+        for name in self._zip.namelist():
+            check_member_name(name, path)
+        self._names = {name.rstrip('/') for name in self._zip.namelist()}
+
+    def exists(self, name: str) -> bool:
+        return name in self._names
+
+    def isdir(self, name: str) -> bool:
+        return any(member.startswith(name + '/') for member in self._names)
+
+    def archive_path(self, name: str) -> tuple[str, str]:
+        return self.path, name
+
+    def read_text(self, name: str) -> str:
+        return self._zip.read(name).decode('utf-8-sig')
+
+    def fingerprint(self) -> list:
+        stat = tf.io.gfile.stat(self.path)
+        return [[os.path.basename(self.path), stat.length, stat.mtime_nsec]]
+
+    def read_folder(self, name: str) -> Iterator[tuple[str, bytes]]:
+        for member in sorted(self._names):
+            if member.startswith(name + '/'):
+                yield member, self._zip.read(member)
+
+
+# ----------------------------------------------------------------------------
+# Kaggle: the competition download.
+
+
+def kaggle_credentials_found() -> bool:
+    """Whether any of the kaggle package's credential forms is set up."""
+    if os.environ.get('KAGGLE_API_TOKEN') or (
+            os.environ.get('KAGGLE_USERNAME') and os.environ.get('KAGGLE_KEY')):
+        return True
+    config_dir = os.environ.get('KAGGLE_CONFIG_DIR') or os.path.expanduser('~/.kaggle')
+    return any(os.path.exists(os.path.join(config_dir, name))
+               for name in ('kaggle.json', 'access_token', 'credentials.json'))
+
+
+CREDENTIALS_HELP = (
+    'no Kaggle credentials found: create an API token at '
+    'https://www.kaggle.com/settings/api, then save kaggle.json as '
+    '~/.kaggle/kaggle.json (chmod 600), or set KAGGLE_USERNAME and KAGGLE_KEY, '
+    'or set KAGGLE_API_TOKEN; or convert without Kaggle with --source=tfds or '
+    '--source=sample')
+
+
+def download_competition(download_dir: str) -> str:
+    """Downloads Kaggle's cifar-10 zip into `download_dir`, unless it is there.
+
+    Returns:
+        The path of `cifar-10.zip`.
+    """
+    zip_path = os.path.join(download_dir, COMPETITION_ZIP)
+    if os.path.exists(zip_path):
+        return zip_path  # Already downloaded: no network at all.
+    if not kaggle_credentials_found():
+        raise UserInputError(CREDENTIALS_HELP)
+    # The download lands in a private folder and moves into place only when
+    # complete, so a broken download is never mistaken for the zip.
+    partial_dir = os.path.join(download_dir, '.partial')
+    os.makedirs(partial_dir, exist_ok=True)
+    api = _kaggle_api()
+    try:
+        api.competition_download_files(COMPETITION, path=partial_dir, quiet=False)
+    except Exception as error:  # The kaggle package raises several kinds.
+        raise UserInputError(_explain_kaggle_error(error)) from error
+    os.replace(os.path.join(partial_dir, COMPETITION_ZIP), zip_path)
+    return zip_path
+
+
+def _kaggle_api():
+    # Imported here: old versions of the package authenticate at import time.
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+        api = KaggleApi()
+        api.authenticate()
+    except (Exception, SystemExit) as error:
+        raise UserInputError(f'Kaggle authentication failed ({error}); {CREDENTIALS_HELP}') from error
+    return api
+
+
+def _explain_kaggle_error(error: Exception) -> str:
+    response = getattr(error, 'response', None)
+    status = getattr(error, 'status', None) or getattr(response, 'status_code', None)
+    if status == 403:
+        return (f'Kaggle refused the download (HTTP 403): accept the competition '
+                f'rules at {RULES_URL} with your account, then run again')
+    if status == 401:
+        return f'Kaggle rejected the credentials (HTTP 401); {CREDENTIALS_HELP}'
+    return (f'could not download the {COMPETITION} competition from Kaggle '
+            f'({type(error).__name__}: {error}); check the network, or use '
+            f'--source=dir with a downloaded {COMPETITION_ZIP}')
+
+
+# ----------------------------------------------------------------------------
+# tensorflow-datasets.
+
+
+class TfdsSource:
+    """The `cifar10` data set of tensorflow-datasets: pixels, labelled test set."""
+
+    def __init__(self, data_dir: str | None):
+        import tensorflow_datasets as tfds  # Heavy; only this source needs it.
+        self._builder = tfds.builder('cifar10', data_dir=data_dir)
+        try:
+            self._builder.download_and_prepare()
+        except Exception as error:  # Network errors come in many kinds.
+            raise UserInputError(
+                f'tensorflow-datasets could not prepare cifar10 in '
+                f'{self._builder.data_dir} ({type(error).__name__}: '
+                f'{str(error).splitlines()[0] if str(error) else ""}); check the '
+                f'network, or use --source=dir or --source=sample') from error
+        self._datasets = {kaggle_set: self._builder.as_dataset(split=kaggle_set)
+                          for kaggle_set in KAGGLE_SETS}
+
+    def sets(self) -> tuple[str, ...]:
+        return KAGGLE_SETS
+
+    def fingerprint(self) -> dict:
+        return {'kind': 'tfds', 'name': self._builder.name,
+                'version': str(self._builder.version)}
+
+    def examples(self, kaggle_set: str) -> Iterator[SourceExample]:
+        dataset = self._datasets[kaggle_set].batch(_HANDOFF_BATCH)
+        for example in dataset.as_numpy_iterator():
+            for image_id, image, label in zip(
+                    example['id'], example['image'], example['label']):
+                yield SourceExample(image_id.decode(), image, int(label))

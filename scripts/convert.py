@@ -1,0 +1,42 @@
+r"""Converts CIFAR-10 into sharded TFRecords with a manifest.
+
+    python scripts/convert.py                                # auto: see --source
+    python scripts/convert.py --source=dir --data_dir=../shared/data
+    python scripts/convert.py --source=kaggle                # needs Kaggle credentials
+    python scripts/convert.py --source=sample                # offline, generated
+    python scripts/convert.py --verify --output_dir=records  # check against the manifest
+
+Writes `--output_dir` (default records/): <split>-NNNNN-of-NNNNN.tfrecord
+shards for train, validation and test, then manifest.json.
+"""
+
+from absl import flags
+from absl import logging
+
+from cifar_tfrecord import cli
+from cifar_tfrecord import convert
+from cifar_tfrecord import records
+from cifar_tfrecord.config import ConvertConfig
+
+cli.define_flags(ConvertConfig)
+flags.DEFINE_boolean('verify', False,
+                     'Only re-read --output_dir against its manifest and report.')
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise flags.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    config = cli.config_from_flags(ConvertConfig)
+    if flags.FLAGS.verify:
+        counts = records.verify(config.output_dir)
+        print(f'{config.output_dir}: verified ' + ', '.join(
+            f'{split} {count} records' for split, count in counts.items()))
+        return
+    manifest = convert.convert(config)
+    print(f'{config.output_dir}: ' + ', '.join(
+        f'{name} {split.num_examples} images in {len(split.shards)} shards'
+        for name, split in manifest.splits.items()))
+
+
+if __name__ == '__main__':
+    cli.run(main)

@@ -1,0 +1,65 @@
+"""Shared fixtures: small inputs written in the real formats.
+
+Every input here is a real zip holding real 7z archives of real PNG files,
+made by the same writer as the offline sample, so the converter reads them
+exactly as it reads Kaggle's download.
+"""
+
+import importlib.util
+import os
+import sys
+
+import pytest
+from absl import flags
+
+from cifar_tfrecord import sample
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(REPOSITORY, 'scripts')
+SHARED_DATA = os.path.join(os.path.dirname(REPOSITORY), 'shared', 'data')
+
+IMAGES_PER_CLASS = 6
+TEST_IMAGES = 7
+
+
+@pytest.fixture(scope='session')
+def small_sample():
+    """(train PNGs by id, class names by id, test PNGs by id), deterministic."""
+    return sample.generate(IMAGES_PER_CLASS, TEST_IMAGES, seed=1)
+
+
+@pytest.fixture
+def kaggle_zip(tmp_path, small_sample):
+    """A folder holding a small cifar-10.zip in Kaggle's layout."""
+    train, labels, test = small_sample
+    folder = tmp_path / 'data'
+    folder.mkdir()
+    sample.write_kaggle_zip(str(folder / 'cifar-10.zip'), train, sample.labels_csv(labels), test)
+    return folder
+
+
+def load_script(name: str):
+    """Imports scripts/<name>.py once, so tests call its main with flags."""
+    module_name = f'script_{name}'
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            module_name, os.path.join(SCRIPTS, f'{name}.py'))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+def run_script(name: str, *args: str) -> int:
+    """Runs a script's main in this process, as its command line would.
+
+    Returns:
+        The exit status: 0 on success.
+    """
+    module = load_script(name)
+    flags.FLAGS.unparse_flags()
+    try:
+        module.cli.run(module.main, argv=[f'{name}.py', *args])
+    except SystemExit as exit_:
+        return exit_.code or 0
+    return 0

@@ -1,0 +1,323 @@
+"""The converter, driven through scripts/convert.py's flags."""
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import py7zr
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from cifar_tfrecord import records
+from cifar_tfrecord import sample
+from cifar_tfrecord import sources
+from conftest import IMAGES_PER_CLASS, REPOSITORY, TEST_IMAGES, run_script
+
+
+def convert(data_dir, output_dir, *flags):
+    return run_script('convert', '--source=dir', f'--data_dir={data_dir}',
+                      f'--output_dir={output_dir}', *flags)
+
+
+def _pil_pixels(png: bytes) -> np.ndarray:
+    """An independent decoder, to check the converter's pixels."""
+    return np.asarray(Image.open(io.BytesIO(png)).convert('RGB'))
+
+
+def _tree_digest(folder) -> dict:
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            for name in sorted(os.listdir(folder))}
+
+
+@pytest.mark.parametrize('encoding', records.ENCODINGS)
+def test_pixels_labels_and_ids_round_trip_exactly(tmp_path, kaggle_zip, small_sample, encoding):
+    train, labels, test = small_sample
+    output = tmp_path / 'records'
+    assert convert(kaggle_zip, output, f'--encoding={encoding}', '--num_shards=4') == 0
+
+    read = {}
+    for split in records.SPLITS:
+        for image_id, image, label in records.read_split(str(output), split):
+            read[(split, image_id)] = (image, label)
+    train_ids = {image_id for split, image_id in read if split != 'test'}
+    assert train_ids == set(train)
+    assert {image_id for split, image_id in read if split == 'test'} == set(test)
+    for (split, image_id), (image, label) in read.items():
+        png = (test if split == 'test' else train)[image_id]
+        np.testing.assert_array_equal(image, _pil_pixels(png))
+        expected = (records.UNKNOWN_LABEL if split == 'test'
+                    else records.CLASS_NAMES.index(labels[image_id]))
+        assert label == expected
+
+
+def test_validation_split_is_stratified_and_disjoint(tmp_path, kaggle_zip):
+    output = tmp_path / 'records'
+    assert convert(kaggle_zip, output, '--validation_fraction=0.5') == 0
+    manifest = records.load_manifest(str(output))
+    half = IMAGES_PER_CLASS // 2
+    assert manifest.splits['validation'].class_counts == {name: half for name in records.CLASS_NAMES}
+    assert manifest.splits['train'].class_counts == {
+        name: IMAGES_PER_CLASS - half for name in records.CLASS_NAMES}
+    assert manifest.splits['test'].class_counts == {'unknown': TEST_IMAGES}
+    train_ids = {image_id for image_id, _, _ in records.read_split(str(output), 'train')}
+    validation_ids = {image_id for image_id, _, _ in records.read_split(str(output), 'validation')}
+    assert not train_ids & validation_ids
+
+
+def test_records_are_shuffled_across_shards(tmp_path, kaggle_zip):
+    output = tmp_path / 'records'
+    assert convert(kaggle_zip, output, '--num_shards=3') == 0
+    ids = [int(image_id) for image_id, _, _ in records.read_split(str(output), 'train')]
+    assert ids != sorted(ids)
+    manifest = records.load_manifest(str(output))
+    assert [shard.name for shard in manifest.splits['train'].shards] == [
+        f'train-0000{index}-of-00003.tfrecord' for index in range(3)]
+
+
+def test_same_input_and_flags_give_byte_identical_shards(tmp_path, kaggle_zip, small_sample):
+    assert convert(kaggle_zip, tmp_path / 'first') == 0
+    # The same images, as 7z files in a folder rather than a zip.
+    with zipfile.ZipFile(kaggle_zip / 'cifar-10.zip') as archive:
+        archive.extractall(tmp_path / 'unzipped')
+    assert convert(tmp_path / 'unzipped', tmp_path / 'second') == 0
+    first, second = _tree_digest(tmp_path / 'first'), _tree_digest(tmp_path / 'second')
+    first.pop('manifest.json'), second.pop('manifest.json')
+    assert first == second
+    assert convert(kaggle_zip, tmp_path / 'third', '--seed=5') == 0
+    assert _tree_digest(tmp_path / 'third') != first
+
+
+def test_rerun_is_a_no_op_and_other_flags_need_overwrite(tmp_path, kaggle_zip, capsys):
+    output = tmp_path / 'records'
+    assert convert(kaggle_zip, output, '--num_shards=4') == 0
+    before = {name: os.stat(output / name).st_mtime_ns for name in os.listdir(output)}
+    assert convert(kaggle_zip, output, '--num_shards=4') == 0
+    assert {name: os.stat(output / name).st_mtime_ns for name in os.listdir(output)} == before
+
+    capsys.readouterr()
+    assert convert(kaggle_zip, output, '--num_shards=2') == 1
+    assert '--overwrite' in capsys.readouterr().err
+    assert {name: os.stat(output / name).st_mtime_ns for name in os.listdir(output)} == before
+
+    assert convert(kaggle_zip, output, '--num_shards=2', '--overwrite') == 0
+    assert records.verify(str(output)) == {'train': 50, 'validation': 10, 'test': 7}
+    # The four-shard files of the old manifest are gone, not left as litter.
+    assert sorted(os.listdir(output)) == ['manifest.json'] + sorted(
+        records.shard_name(split, index, 2) for split in records.SPLITS for index in range(2))
+
+
+def test_verify_flag_reports_and_catches_corruption(tmp_path, kaggle_zip, capsys):
+    output = tmp_path / 'records'
+    assert convert(kaggle_zip, output, '--num_shards=2') == 0
+    capsys.readouterr()
+    assert run_script('convert', '--verify', f'--output_dir={output}') == 0
+    assert 'verified train 50 records' in capsys.readouterr().out
+    shard = output / records.shard_name('validation', 1, 2)
+    shard.write_bytes(shard.read_bytes()[:-10])
+    assert run_script('convert', '--verify', f'--output_dir={output}') == 1
+    assert records.shard_name('validation', 1, 2) in capsys.readouterr().err
+
+
+def test_interrupted_write_leaves_nothing_a_reader_takes_for_data(tmp_path, kaggle_zip, monkeypatch):
+    output = tmp_path / 'records'
+    written = []
+    original = records.write_partial_shard
+
+    def failing_write(path, serialized):
+        if len(written) == 2:
+            raise OSError('disk full')
+        written.append(path)
+        return original(path, serialized)
+
+    monkeypatch.setattr(records, 'write_partial_shard', failing_write)
+    with pytest.raises(OSError):
+        convert(kaggle_zip, output)
+    assert not output.exists()
+
+
+def test_png_and_raw_records_hold_the_same_images(tmp_path, kaggle_zip):
+    assert convert(kaggle_zip, tmp_path / 'raw') == 0
+    assert convert(kaggle_zip, tmp_path / 'png', '--encoding=png') == 0
+    raw = list(records.read_split(str(tmp_path / 'raw'), 'train'))
+    png = list(records.read_split(str(tmp_path / 'png'), 'train'))
+    assert [example_id for example_id, _, _ in raw] == [example_id for example_id, _, _ in png]
+    for (_, raw_image, raw_label), (_, png_image, png_label) in zip(raw, png):
+        np.testing.assert_array_equal(raw_image, png_image)
+        assert raw_label == png_label
+
+
+def test_grey_and_rgba_pngs_become_rgb(tmp_path, small_sample):
+    train, labels, _ = small_sample
+    train = dict(train)
+    grey = np.arange(32 * 32, dtype=np.uint8).reshape(32, 32, 1)
+    rgba = np.dstack([sample.draw_image(0, np.random.default_rng(0)),
+                      np.full((32, 32, 1), 128, np.uint8)])
+    train['1'] = tf.io.encode_png(grey).numpy()
+    train['2'] = tf.io.encode_png(rgba).numpy()
+    data = tmp_path / 'data'
+    data.mkdir()
+    sample.write_kaggle_zip(str(data / 'cifar-10.zip'), train, sample.labels_csv(labels))
+    assert convert(data, tmp_path / 'records') == 0
+    images = {image_id: image for split in ('train', 'validation')
+              for image_id, image, _ in records.read_split(str(tmp_path / 'records'), split)}
+    np.testing.assert_array_equal(images['1'], np.repeat(grey, 3, axis=2))
+    np.testing.assert_array_equal(images['2'], rgba[..., :3])
+
+
+def test_source_sample_converts_offline(tmp_path):
+    output = tmp_path / 'records'
+    assert run_script('convert', '--source=sample', f'--output_dir={output}',
+                      '--sample_images_per_class=5', '--sample_test_images=3') == 0
+    manifest = records.load_manifest(str(output))
+    assert manifest.provenance['source']['kind'] == 'sample'
+    assert {name: split.num_examples for name, split in manifest.splits.items()} == {
+        'train': 40, 'validation': 10, 'test': 3}
+
+
+def test_source_tfds_converts_with_a_labelled_test_split(tmp_path):
+    import tensorflow_datasets as tfds
+    output = tmp_path / 'records'
+    with tfds.testing.mock_data(num_examples=30):
+        assert run_script('convert', '--source=tfds', f'--output_dir={output}',
+                          f'--tfds_data_dir={tmp_path / "tfds"}', '--encoding=png',
+                          '--validation_fraction=0.3') == 0
+    test_labels = [label for _, _, label in records.read_split(str(output), 'test')]
+    assert len(test_labels) == 30 and all(0 <= label < 10 for label in test_labels)
+
+
+def test_script_runs_as_a_command(tmp_path):
+    """The real command line: exit status and the one-line error."""
+    command = [sys.executable, os.path.join(REPOSITORY, 'scripts', 'convert.py'),
+               '--source=dir', f'--data_dir={tmp_path / "missing"}',
+               f'--output_dir={tmp_path / "records"}']
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f'error: data folder {tmp_path / "missing"} does not exist')
+    assert not (tmp_path / 'records').exists()
+
+
+# ----------------------------------------------------------------------------
+# Bad input: a one-line error naming the culprit, exit 1, no output, and the
+# source untouched.
+
+
+def _bad_zip(folder, small_sample, *, train=None, labels_csv=None, test=None, raw_7z=None):
+    original_train, labels, original_test = small_sample
+    train = dict(original_train) if train is None else train
+    csv_text = sample.labels_csv(labels) if labels_csv is None else labels_csv
+    folder.mkdir()
+    zip_path = folder / 'cifar-10.zip'
+    sample.write_kaggle_zip(str(zip_path), train, csv_text,
+                            original_test if test is None else test)
+    if raw_7z is not None:  # Replace train.7z by hand-made archive bytes.
+        with zipfile.ZipFile(zip_path, 'w') as archive:
+            archive.writestr('train.7z', raw_7z)
+            archive.writestr(sources.LABELS_CSV, csv_text)
+    return folder
+
+
+def _evil_7z(train: dict, evil_name: str) -> bytes:
+    buffer = io.BytesIO()
+    with py7zr.SevenZipFile(buffer, 'w') as archive:
+        for image_id, png in train.items():
+            archive.writestr(png, f'train/{image_id}.png')
+        # py7zr refuses to write such a name; its private writer does not check.
+        archive._writestr(b'evil', evil_name)
+    return buffer.getvalue()
+
+
+def _cases(small_sample):
+    train, labels, _ = small_sample
+    truncated = dict(train, **{'5': train['5'][:60]})
+    not_png = dict(train, **{'6': b'GIF89a' + train['6'][6:]})
+    big = dict(train, **{'7': tf.io.encode_png(np.zeros((40, 40, 3), np.uint8)).numpy()})
+    missing_image = {key: value for key, value in train.items() if key != '8'}
+    extra_image = dict(train, **{'999': train['1']})
+    duplicate_entry = dict(train, **{'train/sub/3.png': train['3']})
+    csv = sample.labels_csv(labels)
+    return {
+        'undecodable png': (dict(train=truncated), r'image 5\.png does not decode'),
+        'not a png': (dict(train=not_png), r'image 6\.png is not a PNG'),
+        'wrong size': (dict(train=big), 'image 7 is 40x40 pixels, not 32x32'),
+        'csv id without image': (dict(train=missing_image), 'id 8 has no image'),
+        'image without csv row': (dict(train=extra_image), r'image 999\.png has no row'),
+        'duplicate csv id': (dict(labels_csv=csv + '4,cat\n'), 'duplicate id 4'),
+        'duplicate archive id': (dict(train=duplicate_entry), 'duplicate id 3'),
+        'label outside the classes': (
+            dict(labels_csv=csv.replace('\n9,', '\n9,unicorn_', 1)), "id 9 has label 'unicorn_"),
+        'entry escaping the folder': (
+            dict(raw_7z=_evil_7z(train, '../evil.png')), "entry '../evil.png' escapes"),
+        'absolute entry': (
+            dict(raw_7z=_evil_7z(train, '/tmp/evil.png')), "entry '/tmp/evil.png' escapes"),
+    }
+
+
+CASE_NAMES = ['undecodable png', 'not a png', 'wrong size', 'csv id without image',
+              'image without csv row', 'duplicate csv id', 'duplicate archive id',
+              'label outside the classes', 'entry escaping the folder', 'absolute entry']
+
+
+@pytest.mark.parametrize('case', CASE_NAMES)
+def test_bad_input_is_refused_cleanly(tmp_path, small_sample, capsys, case):
+    arguments, message = _cases(small_sample)[case]
+    data = _bad_zip(tmp_path / 'data', small_sample, **arguments)
+    source_before = _tree_digest(data)
+    output = tmp_path / 'records'
+    capsys.readouterr()
+    assert convert(data, output) == 1
+    error_lines = capsys.readouterr().err.strip().splitlines()
+    assert error_lines[-1].startswith('error: ')
+    assert pytest.importorskip('re').search(message, error_lines[-1]), error_lines[-1]
+    assert not output.exists()
+    assert _tree_digest(data) == source_before
+
+
+def test_bad_input_leaves_existing_records_untouched(tmp_path, kaggle_zip, small_sample, capsys):
+    output = tmp_path / 'records'
+    assert convert(kaggle_zip, output) == 0
+    before = _tree_digest(output)
+    arguments, _ = _cases(small_sample)['undecodable png']
+    data = _bad_zip(tmp_path / 'bad', small_sample, **arguments)
+    assert convert(data, output, '--overwrite') == 1
+    assert _tree_digest(output) == before
+
+
+def test_escaping_zip_member_is_refused(tmp_path, kaggle_zip, capsys):
+    with zipfile.ZipFile(kaggle_zip / 'cifar-10.zip', 'a') as archive:
+        archive.writestr('../outside.txt', 'x')
+    assert convert(kaggle_zip, tmp_path / 'records') == 1
+    assert "entry '../outside.txt' escapes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--encoding=jpeg', '--encoding=jpeg'),
+    ('--validation_fraction=1.5', '--validation_fraction=1.5'),
+    ('--num_shards=0', '--num_shards=0'),
+])
+def test_bad_flags_are_refused(tmp_path, kaggle_zip, capsys, flag, message):
+    assert convert(kaggle_zip, tmp_path / 'records', flag) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / 'records').exists()
+
+
+def test_empty_data_folder_is_refused(tmp_path, capsys):
+    (tmp_path / 'empty').mkdir()
+    assert convert(tmp_path / 'empty', tmp_path / 'records') == 1
+    assert f'data folder {tmp_path / "empty"} is empty' in capsys.readouterr().err
+
+
+def test_missing_kaggle_credentials_via_the_flag(tmp_path, monkeypatch, capsys):
+    for name in ('KAGGLE_USERNAME', 'KAGGLE_KEY', 'KAGGLE_API_TOKEN'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('KAGGLE_CONFIG_DIR', str(tmp_path / 'nothing'))
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    assert run_script('convert', '--source=kaggle', f'--download_dir={tmp_path / "dl"}',
+                      f'--output_dir={tmp_path / "records"}') == 1
+    assert 'no Kaggle credentials found' in capsys.readouterr().err
+    assert not (tmp_path / 'records').exists()

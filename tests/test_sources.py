@@ -1,0 +1,158 @@
+"""Sources: Kaggle's layouts, the Kaggle download, tensorflow-datasets."""
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import requests
+
+from cifar_tfrecord import records
+from cifar_tfrecord import sample
+from cifar_tfrecord import sources
+from cifar_tfrecord.errors import UserInputError
+
+
+def _examples(layout, kaggle_set):
+    return {example.id: (example.image, example.label) for example in layout.examples(kaggle_set)}
+
+
+def test_zip_7z_folder_and_extracted_pngs_give_the_same_examples(tmp_path, kaggle_zip, small_sample):
+    train, labels, test = small_sample
+    with zipfile.ZipFile(kaggle_zip / 'cifar-10.zip') as archive:
+        archive.extractall(tmp_path / 'sevenzip')
+    extracted = tmp_path / 'extracted'
+    for name, files in (('train', train), ('test', test)):
+        (extracted / name).mkdir(parents=True)
+        for image_id, png in files.items():
+            (extracted / name / f'{image_id}.png').write_bytes(png)
+    (extracted / sources.LABELS_CSV).write_text(sample.labels_csv(labels))
+
+    expected_train = {image_id: (png, records.CLASS_NAMES.index(labels[image_id]))
+                      for image_id, png in train.items()}
+    expected_test = {image_id: (png, records.UNKNOWN_LABEL) for image_id, png in test.items()}
+    for path in (kaggle_zip, kaggle_zip / 'cifar-10.zip', tmp_path / 'sevenzip', extracted):
+        layout = sources.KaggleLayout(str(path))
+        assert layout.sets() == ('train', 'test')
+        assert _examples(layout, 'train') == expected_train
+        assert _examples(layout, 'test') == expected_test
+
+
+@pytest.mark.parametrize('text, message', [
+    ('id,label\n1,cat\n1,dog\n', 'duplicate id 1'),
+    ('id,label\n1,cat\n2,unicorn\n', "id 2 has label 'unicorn'"),
+    ('name,class\n1,cat\n', 'header'),
+    ('id,label\n', 'no labels'),
+])
+def test_read_labels_refuses_bad_csv(text, message):
+    with pytest.raises(UserInputError, match=message):
+        sources.read_labels(text, 'trainLabels.csv')
+
+
+def test_read_labels_maps_names_to_cifar_order():
+    labels = sources.read_labels('id,label\n1,airplane\n2,truck\n3,cat\n', 'x')
+    assert labels == {'1': 0, '2': 9, '3': 3}
+
+
+@pytest.mark.parametrize('name', ['../evil.png', 'train/../../evil.png', '/etc/evil.png',
+                                  'C:/evil.png', '..\\evil.png'])
+def test_escaping_entry_names_are_refused(name):
+    with pytest.raises(UserInputError, match='escapes'):
+        sources.check_member_name(name, 'train.7z')
+
+
+def test_ordinary_entry_names_pass():
+    sources.check_member_name('train/12.png', 'train.7z')
+
+
+def test_ids_sort_as_numbers():
+    assert sorted(['10', '2', '1', 'b', 'a'], key=sources.id_sort_key) == ['1', '2', '10', 'a', 'b']
+
+
+def test_missing_data_folder(tmp_path):
+    with pytest.raises(UserInputError, match=f'{tmp_path / "nowhere"} does not exist'):
+        sources.KaggleLayout(str(tmp_path / 'nowhere'))
+
+
+def test_empty_data_folder(tmp_path):
+    with pytest.raises(UserInputError, match=f'{tmp_path} is empty'):
+        sources.KaggleLayout(str(tmp_path))
+
+
+def test_corrupt_7z_is_named(tmp_path):
+    (tmp_path / 'train.7z').write_bytes(b'7z\xbc\xaf\x27\x1c' + b'\x00' * 100)
+    (tmp_path / sources.LABELS_CSV).write_text('id,label\n1,cat\n')
+    with pytest.raises(UserInputError, match='train.7z'):
+        list(sources.KaggleLayout(str(tmp_path)).examples('train'))
+
+
+# ----------------------------------------------------------------------------
+# Kaggle download. The network is not reachable here: these tests cover what
+# happens before and around it.
+
+
+@pytest.fixture
+def no_kaggle_credentials(tmp_path, monkeypatch):
+    for name in ('KAGGLE_USERNAME', 'KAGGLE_KEY', 'KAGGLE_API_TOKEN'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('KAGGLE_CONFIG_DIR', str(tmp_path / 'kaggle_config'))
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+
+
+def test_missing_credentials_say_how_to_set_them_up(tmp_path, no_kaggle_credentials):
+    with pytest.raises(UserInputError, match='kaggle.json.*KAGGLE_USERNAME.*KAGGLE_API_TOKEN'):
+        sources.download_competition(str(tmp_path / 'downloads'))
+
+
+def test_existing_zip_needs_no_network_nor_credentials(tmp_path, no_kaggle_credentials):
+    (tmp_path / 'cifar-10.zip').write_bytes(b'zip')
+    assert sources.download_competition(str(tmp_path)) == str(tmp_path / 'cifar-10.zip')
+
+
+def _fake_kaggle(monkeypatch, error):
+    from kaggle.api import kaggle_api_extended
+    monkeypatch.setenv('KAGGLE_USERNAME', 'someone')
+    monkeypatch.setenv('KAGGLE_KEY', 'secret')
+    monkeypatch.setattr(kaggle_api_extended.KaggleApi, 'authenticate', lambda self: None)
+
+    def download(self, competition, path=None, force=False, quiet=True, unzip=False):
+        raise error
+
+    monkeypatch.setattr(kaggle_api_extended.KaggleApi, 'competition_download_files', download)
+
+
+def _http_error(status):
+    response = requests.Response()
+    response.status_code = status
+    return requests.HTTPError(f'{status} Client Error', response=response)
+
+
+def test_http_403_says_to_accept_the_rules(tmp_path, monkeypatch, no_kaggle_credentials):
+    _fake_kaggle(monkeypatch, _http_error(403))
+    with pytest.raises(UserInputError, match='403.*https://www.kaggle.com/c/cifar-10/rules'):
+        sources.download_competition(str(tmp_path))
+    assert not (tmp_path / 'cifar-10.zip').exists()
+
+
+def test_offline_download_fails_clearly(tmp_path, monkeypatch, no_kaggle_credentials):
+    _fake_kaggle(monkeypatch, requests.ConnectionError('Name or service not known'))
+    with pytest.raises(UserInputError, match='could not download.*--source=dir'):
+        sources.download_competition(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------
+# tensorflow-datasets, through its own mock (no download).
+
+
+def test_tfds_source_yields_pixels_labels_and_ids(tmp_path):
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=12):
+        source = sources.TfdsSource(str(tmp_path))
+        examples = list(source.examples('train'))
+        test_examples = list(source.examples('test'))
+    assert len(examples) == 12 and len(test_examples) == 12
+    for example in examples:
+        assert isinstance(example.image, np.ndarray)
+        assert example.image.shape == (32, 32, 3) and example.image.dtype == np.uint8
+        assert 0 <= example.label < 10
+    assert len({example.id for example in examples}) == 12
