@@ -12,6 +12,7 @@ and renamed when complete; the manifest goes last.
 import collections
 import concurrent.futures
 import dataclasses
+import itertools
 import os
 import time
 from typing import Iterable, Iterator
@@ -26,9 +27,10 @@ from cifar_tfrecord import sources
 from cifar_tfrecord.config import ConvertConfig
 from cifar_tfrecord.errors import UserInputError
 
-# Images decoded per call into TF: large enough that TF's per-call cost
-# vanishes, small enough that decoding overlaps decompression.
-_DECODE_CHUNK = 2048
+# Images handed to TF at a time: large enough that TF's per-call cost
+# vanishes, small enough that decoding overlaps reading.
+_DECODE_CHUNK = 1024
+_DECODE_CALLS = 4
 _PROGRESS_SECONDS = 5.0
 
 
@@ -112,18 +114,16 @@ def _options(config: ConvertConfig) -> dict:
 
 def load_set(examples: Iterable[sources.SourceExample], encoding: str,
              kaggle_set: str) -> LoadedSet:
-    """Decodes and checks a set's images while the source goes on reading.
+    """Decodes, checks and serializes a set's images, in memory.
 
-    The source (py7zr, in Python) and TF's decoder (C++, without the GIL) run
-    on different cores.
+    Every PNG is decoded, with either encoding, so that a file that would
+    fail in training fails here instead, with its name.
     """
     progress = _Progress(kaggle_set)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as decoder:
-        futures = []
-        for chunk in _chunks(examples, _DECODE_CHUNK):
-            futures.append(decoder.submit(decode_chunk, chunk, encoding, kaggle_set))
-            progress.update(len(chunk))
-        parts = [future.result() for future in futures]
+    parts = []
+    for chunk, images in _decoded(_chunks(examples, _DECODE_CHUNK), kaggle_set):
+        parts.append(_serialize(chunk, images, encoding))
+        progress.update(len(chunk))
     progress.done()
     if not parts:
         raise UserInputError(f'{kaggle_set}: the source holds no images')
@@ -144,74 +144,105 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def decode_chunk(chunk: list[sources.SourceExample], encoding: str,
-                 kaggle_set: str) -> LoadedSet:
-    """Decodes (or encodes), checks and serializes one chunk of images.
-
-    Serializing here, on the decoder thread, keeps it off the critical path:
-    once the last image is read, only file writes remain.
-    """
+def _serialize(chunk: list[sources.SourceExample], images: np.ndarray,
+               encoding: str) -> LoadedSet:
     ids = [example.id for example in chunk]
     labels = np.array([example.label for example in chunk], dtype=np.int64)
-    if isinstance(chunk[0].image, np.ndarray):  # Pixels already (tfds).
-        images = np.stack([example.image for example in chunk])
-        _check_sizes(ids, [image.shape[:2] for image in images], kaggle_set)
-        pngs = _encode_pngs(images) if encoding == 'png' else None
+    if encoding == 'raw':
+        payloads = [image.tobytes() for image in images]
+    elif isinstance(chunk[0].image, bytes):
+        payloads = [example.image for example in chunk]  # The original bytes.
     else:
-        pngs = [example.image for example in chunk]
-        images = _decode_checked(ids, pngs, kaggle_set)
-    payloads = pngs if encoding == 'png' else [image.tobytes() for image in images]
+        payloads = _encode_pngs(images)
     serialized = [records.serialize_example(encoding, image_id, payload, int(label))
                   for image_id, payload, label in zip(ids, payloads, labels)]
     return LoadedSet(ids, labels, serialized)
 
 
-def _decode_checked(ids: list[str], pngs: list[bytes], kaggle_set: str) -> np.ndarray:
-    for image_id, png in zip(ids, pngs):
-        if not png.startswith(records.PNG_SIGNATURE):
-            raise UserInputError(f'{kaggle_set}: image {image_id}.png is not a PNG file')
-    try:
-        images, sizes = _decode_pngs(tf.constant(pngs))
-    except tf.errors.InvalidArgumentError:
-        raise _find_undecodable(ids, pngs, kaggle_set) from None
-    _check_sizes(ids, sizes.numpy(), kaggle_set)
-    return images.numpy()
+def _decoded(chunks: Iterator[list[sources.SourceExample]],
+             kaggle_set: str) -> Iterator[tuple[list[sources.SourceExample], np.ndarray]]:
+    """Yields each chunk with its (n, 32, 32, 3) uint8 pixels."""
+    first = next(chunks, None)
+    if first is None:
+        return
+    chunks = itertools.chain([first], chunks)
+    if isinstance(first[0].image, np.ndarray):  # Pixels already (tfds).
+        for chunk in chunks:
+            images = np.stack([example.image for example in chunk])
+            _check_sizes([example.id for example in chunk],
+                         np.array([image.shape[:2] for image in images]), kaggle_set)
+            yield chunk, images
+    else:
+        yield from _decoded_pngs(chunks, kaggle_set)
 
 
-@tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-def _decode_pngs(pngs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Decodes PNGs in parallel; also returns each one's true (height, width)."""
-    height, width, channels = records.IMAGE_SHAPE
+def _decoded_pngs(chunks: Iterator[list[sources.SourceExample]],
+                  kaggle_set: str) -> Iterator[tuple[list[sources.SourceExample], np.ndarray]]:
+    """Decodes PNGs in one long tf.data pipeline, in parallel C++ threads.
 
-    def decode(png):
-        image = tf.io.decode_png(png, channels=channels)
-        # Cropped or padded only so that wrong sizes can be batched and named.
-        return (tf.image.resize_with_crop_or_pad(image, height, width),
-                tf.shape(image)[:2])
+    The source is read inside the pipeline's generator while earlier chunks
+    decode, and the caller serializes what comes out: reading, decoding and
+    serializing overlap on two cores.
+    """
+    pending = collections.deque()  # Chunks handed to TF, not yet decoded.
+    source_errors = []
 
-    dataset = tf.data.Dataset.from_tensor_slices(pngs).map(
-        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.batch(tf.shape(pngs, out_type=tf.int64)[0]).get_single_element()
-
-
-def _find_undecodable(ids: list[str], pngs: list[bytes], kaggle_set: str) -> UserInputError:
-    for image_id, png in zip(ids, pngs):
+    def png_batches():
         try:
-            tf.io.decode_png(png, channels=records.IMAGE_SHAPE[-1])
+            for chunk in chunks:
+                _check_signatures(chunk, kaggle_set)
+                pending.append(chunk)
+                yield [example.image for example in chunk]
+        except Exception as error:  # Raised again below, as itself.
+            source_errors.append(error)
+
+    dataset = (
+        tf.data.Dataset.from_generator(
+            png_batches, output_signature=tf.TensorSpec([None], tf.string))
+        .unbatch()
+        # Measured on 2 cores: 4 calls in flight beat AUTOTUNE by 2x here.
+        .map(records.decode_png, num_parallel_calls=_DECODE_CALLS, deterministic=True)
+        .batch(_DECODE_CHUNK)
+        .prefetch(1))
+    try:
+        for images in dataset.as_numpy_iterator():
+            yield pending.popleft(), images
+    except tf.errors.InvalidArgumentError:
+        if source_errors:
+            raise source_errors[0] from None
+        # Some image in a pending chunk is broken; find which, and how.
+        raise _explain_bad_png(itertools.chain(*pending), kaggle_set) from None
+    if source_errors:
+        raise source_errors[0]
+
+
+def _check_signatures(chunk: list[sources.SourceExample], kaggle_set: str) -> None:
+    for example in chunk:
+        if not example.image.startswith(records.PNG_SIGNATURE):
+            raise UserInputError(f'{kaggle_set}: image {example.id}.png is not a PNG file')
+
+
+def _explain_bad_png(examples: Iterable[sources.SourceExample],
+                     kaggle_set: str) -> UserInputError:
+    for example in examples:
+        try:
+            image = tf.io.decode_png(example.image, channels=records.IMAGE_SHAPE[-1])
         except tf.errors.InvalidArgumentError as error:
             reason = error.message.split('[Op')[0].strip().splitlines()[-1]
             return UserInputError(
-                f'{kaggle_set}: image {image_id}.png does not decode ({reason})')
-    return UserInputError(f'{kaggle_set}: a PNG among ids {ids[0]}..{ids[-1]} does not decode')
+                f'{kaggle_set}: image {example.id}.png does not decode ({reason})')
+        _check_sizes([example.id], np.array([image.shape[:2]]), kaggle_set)
+    return UserInputError(f'{kaggle_set}: a PNG does not decode')
 
 
-def _check_sizes(ids: list[str], sizes, kaggle_set: str) -> None:
-    expected = records.IMAGE_SHAPE[:2]
-    for image_id, size in zip(ids, sizes):
-        if tuple(size) != expected:
-            raise UserInputError(
-                f'{kaggle_set}: image {image_id} is {size[1]}x{size[0]} pixels, not '
-                f'{expected[1]}x{expected[0]}')
+def _check_sizes(ids: list[str], sizes: np.ndarray, kaggle_set: str) -> None:
+    """Refuses any image whose (height, width) is not 32x32."""
+    wrong = np.flatnonzero(np.any(sizes != records.IMAGE_SHAPE[:2], axis=1))
+    if len(wrong):
+        height, width = sizes[wrong[0]]
+        raise UserInputError(
+            f'{kaggle_set}: image {ids[wrong[0]]} is {width}x{height} pixels, not '
+            f'{records.IMAGE_SHAPE[1]}x{records.IMAGE_SHAPE[0]}')
 
 
 def _encode_pngs(images: np.ndarray) -> list[bytes]:

@@ -221,19 +221,23 @@ class _Folder:
         return entries
 
     def read_folder(self, name: str) -> Iterator[tuple[str, bytes]]:
-        """Reads every file of a subfolder, in parallel C++ threads (tf.data)."""
+        """Yields `(file name, bytes)` for every file of a subfolder."""
         folder = os.path.join(self.path, name)
-        names = sorted(tf.io.gfile.listdir(folder), key=lambda file: id_sort_key(
-            pathlib.PurePosixPath(file).stem))
-        paths = [os.path.join(folder, file) for file in names if not file.endswith('/')]
-        if not paths:
+        names = [file for file in tf.io.gfile.listdir(folder) if not file.endswith('/')]
+        if not names:
             raise UserInputError(f'{folder} holds no images')
-        dataset = tf.data.Dataset.from_tensor_slices(paths).map(
-            tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE).batch(_HANDOFF_BATCH)
-        offset = 0
-        for batch in dataset.as_numpy_iterator():
-            yield from zip(names[offset:offset + len(batch)], batch)
-            offset += len(batch)
+        for file in names:
+            yield file, _read_bytes(os.path.join(folder, file))
+
+
+def _read_bytes(path: str) -> bytes:
+    # Python's own open() costs a quarter of gfile's per small file; gfile
+    # is still there for remote storage (gs://).
+    if '://' in path:
+        with tf.io.gfile.GFile(path, 'rb') as file:
+            return file.read()
+    with open(path, 'rb') as file:
+        return file.read()
 
 
 class _Zip:

@@ -1,0 +1,16 @@
+# Sourced by the quick-start scripts: makes .venv and installs the package
+# into it, once; later runs reuse it. Needs only python3 (3.10+) and pip.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+# Reinstall only when the dependencies changed since the last install.
+if [ ! -f .venv/.installed ] || [ setup.cfg -nt .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e .
+  touch .venv/.installed
+fi
+export PATH="$PWD/.venv/bin:$PATH"
+# TensorFlow's C++ start-up chatter (no GPU, CPU features) is noise here.
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
