@@ -59,3 +59,59 @@ class ConvertConfig:
                 '--sample_images_per_class must be at least 2 and --sample_test_images '
                 'not negative')
         return self
+
+
+UPSAMPLE_PLACES = ('device', 'host')
+UPSAMPLE_METHODS = ('bilinear', 'repeat')
+NORMALIZATIONS = ('caffe', 'unit')
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    """How the tf.data pipeline reads and prepares the records."""
+    records_dir: str = option('records', 'The records folder written by scripts/convert.py.')
+    batch_size: int = option(256, 'Global batch size, split evenly over the replicas.')
+    image_size: int = option(224, 'Side the 32x32 images are upsampled to (32: none).')
+    # Measured by scripts/benchmark.py --suite=input: upsampling to 224 on the
+    # host costs several CPU cores per GPU; on the device it is nearly free.
+    upsample_on: str = option('device', (
+        'device: the model upsamples and normalizes, and uint8 32x32 images cross to the '
+        'accelerator (4x less traffic); host: tf.data does both.'))
+    upsample_method: str = option(
+        'bilinear', 'bilinear interpolation, or repeat (pixel repetition; needs a multiple of 32).')
+    normalization: str = option('caffe', (
+        'caffe: BGR, 0..255, ImageNet mean subtracted, as the ResNet50 ImageNet weights '
+        'expect; unit: RGB scaled to [0, 1].'))
+    augment: bool = option(True, 'Random crop (4-pixel padding) and horizontal flip in training.')
+    label_smoothing: float = option(0.1, 'Label smoothing of the one-hot training targets.')
+    cache: str = option('memory', 'Cache of decoded images: memory, or a file path prefix.')
+    shuffle_buffer_size: int | None = option(
+        None, 'Images in the shuffle buffer; default: the whole split (a full shuffle).')
+    seed: int = option(0, 'Seed of file order, shuffling and augmentation.')
+    data_service: str | None = option(
+        None, 'grpc://host:port of a tf.data service dispatcher to preprocess on.')
+    verify_checksums: bool = option(
+        True, 'Check every shard against its manifest sha256 before reading.')
+
+    def validate(self) -> 'InputConfig':
+        """Checks the values a user can get wrong; returns self."""
+        if self.batch_size < 1:
+            raise UserInputError(f'--batch_size={self.batch_size}: must be at least 1')
+        if self.upsample_on not in UPSAMPLE_PLACES:
+            raise UserInputError(f'--upsample_on={self.upsample_on}: use device or host')
+        if self.upsample_method not in UPSAMPLE_METHODS:
+            raise UserInputError(f'--upsample_method={self.upsample_method}: use bilinear or repeat')
+        if self.normalization not in NORMALIZATIONS:
+            raise UserInputError(f'--normalization={self.normalization}: use caffe or unit')
+        if self.image_size < 32:
+            raise UserInputError(f'--image_size={self.image_size}: must be at least 32')
+        if self.upsample_method == 'repeat' and self.image_size % 32:
+            raise UserInputError(
+                f'--image_size={self.image_size}: upsampling by repetition needs a multiple of 32')
+        if not 0 <= self.label_smoothing < 1:
+            raise UserInputError(f'--label_smoothing={self.label_smoothing}: must be in [0, 1)')
+        if self.shuffle_buffer_size is not None and self.shuffle_buffer_size < 1:
+            raise UserInputError(f'--shuffle_buffer_size={self.shuffle_buffer_size}: must be positive')
+        if self.data_service and not self.data_service.startswith('grpc://'):
+            raise UserInputError(f'--data_service={self.data_service}: expected grpc://host:port')
+        return self

@@ -10,9 +10,18 @@ import os
 import sys
 
 import pytest
+import tensorflow as tf
 from absl import flags
 
+from cifar_tfrecord import convert
 from cifar_tfrecord import sample
+from cifar_tfrecord.config import ConvertConfig
+
+# Two logical CPU devices, so multi-replica code runs here as on two GPUs.
+# This must happen before TensorFlow initializes its devices.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices('CPU')[0],
+    [tf.config.LogicalDeviceConfiguration()] * 2)
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPOSITORY, 'scripts')
@@ -36,6 +45,16 @@ def kaggle_zip(tmp_path, small_sample):
     folder.mkdir()
     sample.write_kaggle_zip(str(folder / 'cifar-10.zip'), train, sample.labels_csv(labels), test)
     return folder
+
+
+@pytest.fixture(scope='session')
+def sample_records(tmp_path_factory):
+    """A records folder converted from a small generated sample. Read only."""
+    output_dir = str(tmp_path_factory.mktemp('sample_records'))
+    convert.convert(ConvertConfig(
+        source='sample', output_dir=output_dir, sample_images_per_class=8,
+        sample_test_images=12, num_shards=4, validation_fraction=0.25))
+    return output_dir
 
 
 def load_script(name: str):

@@ -1,0 +1,253 @@
+"""The tf.data input pipeline: stages, the builder, distribution, bad input."""
+
+import collections
+import dataclasses
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cifar_tfrecord import pipeline
+from cifar_tfrecord import records
+from cifar_tfrecord.config import InputConfig
+from cifar_tfrecord.errors import UserInputError
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+LABELS = np.array([0, 3, 9, 1, 2, 5], dtype=np.int64)
+SEED = np.array([7, 11], dtype=np.int64)
+
+
+def _eager_and_in_tf_data(function, *inputs):
+    """The function's result called eagerly, and inside tf.data.map."""
+    eager = function(*[tf.constant(value) for value in inputs])
+    dataset = tf.data.Dataset.from_tensors(tuple(inputs)).map(function)
+    return eager, next(iter(dataset))
+
+
+@pytest.mark.parametrize('name, function, inputs', [
+    ('augment', pipeline.augment, (IMAGES, SEED)),
+    ('normalize caffe', lambda images: pipeline.normalize(images, 'caffe'), (IMAGES,)),
+    ('normalize unit', lambda images: pipeline.normalize(images, 'unit'), (IMAGES,)),
+    ('one_hot', lambda labels: pipeline.one_hot(labels, 0.1), (LABELS,)),
+    ('upsample bilinear', lambda images: pipeline.upsample(images, 64, 'bilinear'), (IMAGES,)),
+    ('upsample repeat', lambda images: pipeline.upsample(images, 96, 'repeat'), (IMAGES,)),
+])
+def test_stages_agree_eagerly_and_in_tf_data(name, function, inputs):
+    eager, in_graph = _eager_and_in_tf_data(function, *inputs)
+    np.testing.assert_allclose(np.asarray(eager), np.asarray(in_graph), rtol=1e-6)
+
+
+def test_parse_agrees_eagerly_and_in_tf_data():
+    serialized = np.array([records.serialize_example('raw', str(index), image.tobytes(), int(label))
+                           for index, (image, label) in enumerate(zip(IMAGES, LABELS))])
+    eager, in_graph = _eager_and_in_tf_data(lambda batch: pipeline.parse(batch, 'raw'), serialized)
+    for result in (eager, in_graph):
+        np.testing.assert_array_equal(result[0], IMAGES)
+        np.testing.assert_array_equal(result[1], LABELS)
+
+
+def test_augment_crops_a_padded_window_and_maybe_flips():
+    augmented = pipeline.augment(tf.constant(IMAGES), tf.constant(SEED)).numpy()
+    padded = np.pad(IMAGES, [(0, 0), (4, 4), (4, 4), (0, 0)])
+    for original, result in zip(padded, augmented):
+        windows = [window for row in range(9) for column in range(9)
+                   for window in (original[row:row + 32, column:column + 32],
+                                  original[row:row + 32, column:column + 32][:, ::-1])]
+        assert any(np.array_equal(window, result) for window in windows)
+    same = pipeline.augment(tf.constant(IMAGES), tf.constant(SEED)).numpy()
+    other = pipeline.augment(tf.constant(IMAGES), tf.constant(SEED + 1)).numpy()
+    np.testing.assert_array_equal(augmented, same)
+    assert not np.array_equal(augmented, other)
+
+
+def test_caffe_normalization_is_keras_resnet50_preprocessing():
+    expected = keras.applications.resnet50.preprocess_input(IMAGES.astype(np.float32))
+    result = pipeline.normalize(tf.constant(IMAGES), 'caffe').numpy()
+    np.testing.assert_allclose(result, expected, atol=1e-4)
+    # BGR order, mean subtracted, no scaling.
+    np.testing.assert_allclose(result[..., 0], IMAGES[..., 2] - 103.939, atol=1e-4)
+
+
+def test_one_hot_smooths_and_sums_to_one():
+    targets = pipeline.one_hot(tf.constant(LABELS), 0.1).numpy()
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-6)
+    assert targets[0, 0] == pytest.approx(0.91) and targets[0, 1] == pytest.approx(0.01)
+
+
+def test_upsample_by_repetition_repeats_pixels():
+    result = pipeline.upsample(tf.constant(IMAGES), 64, 'repeat').numpy()
+    np.testing.assert_array_equal(result[:, ::2, ::2], IMAGES)
+    np.testing.assert_array_equal(result[:, 1::2, 1::2], IMAGES)
+
+
+# ----------------------------------------------------------------------------
+# The builder, against the records it reads.
+
+
+def _config(records_dir, **overrides):
+    values = dict(records_dir=records_dir, batch_size=10, image_size=32, augment=False,
+                  label_smoothing=0.0)
+    values.update(overrides)
+    return InputConfig(**values)
+
+
+def _examples(dataset):
+    """Every (image bytes, label) the dataset yields, as a multiset."""
+    found = collections.Counter()
+    for images, targets in dataset:
+        for image, target in zip(images.numpy(), targets.numpy()):
+            found[(image.tobytes(), int(np.argmax(target)))] += 1
+    return found
+
+
+def _expected(records_dir, split):
+    return collections.Counter((image.tobytes(), label)
+                               for _, image, label in records.read_split(records_dir, split))
+
+
+def test_training_epoch_holds_every_record_once(sample_records):
+    dataset, count = pipeline.make_dataset(_config(sample_records), 'train', training=True)
+    assert count == 60
+    for _ in range(2):  # Two epochs: the cache serves the second.
+        assert _examples(dataset) == _expected(sample_records, 'train')
+
+
+def test_evaluation_keeps_the_partial_batch(sample_records):
+    dataset, count = pipeline.make_dataset(
+        _config(sample_records, batch_size=7), 'validation', training=False)
+    assert count == 20
+    sizes = [images.shape[0] for images, _ in dataset]
+    assert sizes == [7, 7, 6]
+    assert _examples(dataset) == _expected(sample_records, 'validation')
+
+
+def test_training_drops_the_partial_batch_for_static_shapes(sample_records):
+    dataset, _ = pipeline.make_dataset(_config(sample_records, batch_size=25), 'train', True)
+    assert [images.shape[0] for images, _ in dataset] == [25, 25]
+    assert dataset.element_spec[0].shape == (25, 32, 32, 3)
+
+
+def _order(dataset):
+    return [images.numpy().tobytes() for images, _ in dataset]
+
+
+def test_a_seed_gives_the_same_order_and_epochs_differ(sample_records):
+    config = _config(sample_records, augment=True, seed=3)
+    first, _ = pipeline.make_dataset(config, 'train', True)
+    second, _ = pipeline.make_dataset(config, 'train', True)
+    first_epochs = [_order(first), _order(first)]
+    assert first_epochs == [_order(second), _order(second)]
+    assert first_epochs[0] != first_epochs[1]
+    other, _ = pipeline.make_dataset(dataclasses.replace(config, seed=4), 'train', True)
+    assert _order(other) != first_epochs[0]
+
+
+def test_shuffling_mixes_images_not_only_batches(sample_records):
+    dataset, _ = pipeline.make_dataset(_config(sample_records), 'train', True)
+    batches = [{image.tobytes() for image in images.numpy()} for images, _ in dataset]
+    later = [{image.tobytes() for image in images.numpy()} for images, _ in dataset]
+    assert sorted(map(sorted, batches)) != sorted(map(sorted, later))
+
+
+def test_host_upsampling_normalizes_and_resizes(sample_records):
+    config = _config(sample_records, upsample_on='host', image_size=64)
+    dataset, _ = pipeline.make_dataset(config, 'validation', False)
+    images, _ = next(iter(dataset))
+    assert images.dtype == tf.float32 and images.shape[1:] == (64, 64, 3)
+    assert images.numpy().min() < 0  # Mean subtracted: caffe.
+
+
+def test_device_upsampling_leaves_uint8_32px_for_the_model(sample_records):
+    dataset, _ = pipeline.make_dataset(_config(sample_records, image_size=224), 'train', True)
+    assert dataset.element_spec[0].dtype == tf.uint8
+    assert dataset.element_spec[0].shape[1:] == (32, 32, 3)
+
+
+def test_file_cache(sample_records, tmp_path):
+    config = _config(sample_records, cache=str(tmp_path / 'cache'))
+    dataset, _ = pipeline.make_dataset(config, 'train', True)
+    assert _examples(dataset) == _expected(sample_records, 'train')
+    assert any(name.startswith('cache') for name in os.listdir(tmp_path))
+    assert _examples(dataset) == _expected(sample_records, 'train')
+
+
+def test_two_replicas_each_get_their_per_replica_batch(sample_records):
+    strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+    dataset, _ = pipeline.distribute(strategy, _config(sample_records), 'train', True)
+    images, targets = next(iter(dataset))
+    local_images = strategy.experimental_local_results(images)
+    assert len(local_images) == 2
+    assert [tuple(part.shape) for part in local_images] == [(5, 32, 32, 3)] * 2
+    assert [part.shape[0] for part in strategy.experimental_local_results(targets)] == [5, 5]
+
+
+def test_batch_not_divisible_by_replicas_is_refused(sample_records):
+    strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+    with pytest.raises(UserInputError, match='--batch_size=9.*2 replicas'):
+        pipeline.distribute(strategy, _config(sample_records, batch_size=9), 'train', True)
+
+
+def test_tf_data_service_delivers_the_same_examples(sample_records):
+    dispatcher = tf.data.experimental.service.DispatchServer()
+    address = dispatcher.target.split('://')[1]
+    worker = tf.data.experimental.service.WorkerServer(
+        tf.data.experimental.service.WorkerConfig(dispatcher_address=address))
+    config = _config(sample_records, data_service=dispatcher.target)
+    dataset, _ = pipeline.make_dataset(config, 'validation', training=False)
+    assert _examples(dataset) == _expected(sample_records, 'validation')
+    del worker, dispatcher
+
+
+# ----------------------------------------------------------------------------
+# Bad input.
+
+
+@pytest.fixture
+def records_copy(sample_records, tmp_path):
+    copy = tmp_path / 'records'
+    shutil.copytree(sample_records, copy)
+    return copy
+
+
+def _shard(records_dir, split='train', index=1):
+    return records_dir / records.shard_name(split, index, 4)
+
+
+def test_missing_manifest(tmp_path):
+    with pytest.raises(UserInputError, match='manifest.json not found'):
+        pipeline.make_dataset(_config(str(tmp_path)), 'train', True)
+
+
+def test_missing_shard(records_copy):
+    _shard(records_copy).unlink()
+    with pytest.raises(UserInputError, match=f'{_shard(records_copy)} .*missing'):
+        pipeline.make_dataset(_config(str(records_copy)), 'train', True)
+
+
+def test_checksum_mismatch(records_copy):
+    data = bytearray(_shard(records_copy).read_bytes())
+    data[100] ^= 1
+    _shard(records_copy).write_bytes(bytes(data))
+    with pytest.raises(UserInputError, match=f'{_shard(records_copy)} .*checksum'):
+        pipeline.make_dataset(_config(str(records_copy)), 'train', True)
+
+
+def test_truncated_shard(records_copy):
+    _shard(records_copy).write_bytes(_shard(records_copy).read_bytes()[:-7])
+    with pytest.raises(UserInputError, match=f'{_shard(records_copy)} .*wrong size'):
+        pipeline.make_dataset(_config(str(records_copy), verify_checksums=False), 'train', True)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(batch_size=0), '--batch_size=0'),
+    (dict(image_size=16), '--image_size=16'),
+    (dict(image_size=100, upsample_method='repeat'), 'multiple of 32'),
+    (dict(normalization='imagenet'), '--normalization=imagenet'),
+    (dict(data_service='localhost:5000'), 'grpc://'),
+])
+def test_bad_configuration(sample_records, overrides, message):
+    with pytest.raises(UserInputError, match=message):
+        pipeline.make_dataset(_config(sample_records, **overrides), 'train', True)
