@@ -17,10 +17,14 @@ import numpy as np
 import PIL.Image
 import py7zr
 import py7zr.io
+import tensorflow as tf
+from absl import logging
 
 from cifar_tfrecord import convert
+from cifar_tfrecord import pipeline
+from cifar_tfrecord import records
 from cifar_tfrecord import sources
-from cifar_tfrecord.config import ConvertConfig
+from cifar_tfrecord.config import ConvertConfig, InputConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,3 +146,153 @@ def _pil_loop(folder: str) -> np.ndarray:
         with PIL.Image.open(path) as image:
             images[index] = np.asarray(image.convert('RGB'))
     return images
+
+
+# ----------------------------------------------------------------------------
+# Input pipeline.
+
+# One GPU training ResNet50 at 224 px consumes about this many images/s.
+GPU_IMAGES_PER_SECOND = 3000
+
+
+def input_suite(records_dir: str, batch_size: int = 256, repeats: int = 3) -> list[Result]:
+    """Input throughput of the pipeline, stage by stage, against baselines.
+
+    Every configuration here normalizes and one-hot encodes on the host at
+    32 px, as the in-memory baseline does, so the work compared is the same.
+    """
+    base = InputConfig(records_dir=records_dir, batch_size=batch_size, image_size=32,
+                       upsample_on='host', augment=False)
+    manifest = records.load_manifest(records_dir)
+    count = manifest.splits['train'].num_examples
+    in_memory = Result('in_memory', *_epoch(_in_memory_dataset(base), repeats))
+    naive = Result('naive_per_example', *_epoch(_naive_dataset(base, manifest), repeats))
+    results = [in_memory, naive]
+
+    cold_times = []
+    for _ in range(repeats):  # A fresh pipeline each time: an empty cache.
+        dataset, _ = pipeline.make_dataset(base, 'train', training=True)
+        cold_times.append(_time_epoch(dataset))
+    cold_images, cold_seconds = min(cold_times, key=lambda pair: pair[1] / pair[0])
+    results.append(relative('pipeline_cold', cold_images, cold_seconds, naive))
+    warm_configs = {
+        'pipeline_warm': base,
+        'pipeline_warm_augmented': dataclasses.replace(base, augment=True),
+    }
+    for name, config in warm_configs.items():
+        dataset, _ = pipeline.make_dataset(config, 'train', training=True)
+        _time_epoch(dataset)  # Fills the cache.
+        results.append(relative(name, *_epoch(dataset, repeats), in_memory))
+    upsampled = dataclasses.replace(base, augment=True, image_size=224)
+    dataset, _ = pipeline.make_dataset(upsampled, 'train', training=True)
+    _time_epoch(dataset)
+    limit = max(1, 8192 // batch_size)  # Slow: a part of an epoch is enough.
+    results.append(relative('pipeline_host_upsample_224',
+                            *_epoch(dataset, repeats, limit), in_memory))
+    results.extend(_stage_breakdown(base, manifest, repeats, limit))
+    logging.info('train split: %d images', count)
+    return results
+
+
+def per_core(result: Result) -> float:
+    return result.images_per_second / os.cpu_count()
+
+
+def cores_to_feed_a_gpu(result: Result) -> float:
+    """CPU cores this configuration needs to feed one GPU at 3,000 images/s."""
+    return GPU_IMAGES_PER_SECOND / per_core(result)
+
+
+def _time_epoch(dataset, limit: int | None = None) -> tuple[int, float]:
+    images = 0
+    start = time.perf_counter()
+    for batch in dataset.take(limit) if limit else dataset:
+        images += int(tf.shape(tf.nest.flatten(batch)[0])[0])
+    return images, time.perf_counter() - start
+
+
+def _epoch(dataset, repeats: int, limit: int | None = None) -> tuple[int, float]:
+    """(images, seconds) of the fastest of `repeats` epochs, after a warm-up."""
+    for _ in dataset.take(3):
+        pass
+    runs = [_time_epoch(dataset, limit) for _ in range(repeats)]
+    return min(runs, key=lambda run: run[1] / run[0])
+
+
+def _in_memory_dataset(config: InputConfig) -> tf.data.Dataset:
+    """The plain baseline: numpy arrays in RAM, reshuffled and batched."""
+    examples = list(records.read_split(config.records_dir, 'train'))
+    images = np.stack([image for _, image, _ in examples])
+    labels = np.array([label for _, _, label in examples])
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    dataset = dataset.shuffle(len(labels), seed=0, reshuffle_each_iteration=True)
+    dataset = dataset.batch(config.batch_size, drop_remainder=True)
+    dataset = dataset.map(lambda batch_images, batch_labels: pipeline.finish(
+        batch_images, batch_labels, config, training=True), num_parallel_calls=pipeline.AUTOTUNE)
+    return dataset.prefetch(pipeline.AUTOTUNE)
+
+
+def _naive_dataset(config: InputConfig, manifest: records.Manifest) -> tf.data.Dataset:
+    """The usual first attempt: parse and decode one record at a time, no cache."""
+    spec = records.feature_spec(manifest.encoding)
+    fields = records.schema(manifest.encoding)
+
+    def parse_one(serialized):
+        parsed = tf.io.parse_single_example(serialized, spec)
+        image = tf.reshape(tf.io.decode_raw(parsed[fields['image'].key], tf.uint8),
+                           records.IMAGE_SHAPE)
+        return image, parsed[fields['label'].key]
+
+    paths = records.shard_paths(config.records_dir, 'train', manifest)
+    dataset = tf.data.TFRecordDataset(paths).map(parse_one, num_parallel_calls=pipeline.AUTOTUNE)
+    dataset = dataset.batch(config.batch_size, drop_remainder=True)
+    dataset = dataset.map(lambda images, labels: pipeline.finish(
+        images, labels, config, training=True), num_parallel_calls=pipeline.AUTOTUNE)
+    return dataset.prefetch(pipeline.AUTOTUNE)
+
+
+def _stage_breakdown(config: InputConfig, manifest: records.Manifest, repeats: int,
+                     limit: int) -> list[Result]:
+    """The pipeline built up one stage at a time, each step timed warm."""
+    paths = records.shard_paths(config.records_dir, 'train', manifest)
+    count = manifest.splits['train'].num_examples
+    batch = config.batch_size
+
+    def read():
+        return pipeline.read(paths, training=True, seed=config.seed)
+
+    def parsed():
+        return read().batch(1024).map(lambda serialized: pipeline.parse(
+            serialized, manifest.encoding), num_parallel_calls=pipeline.AUTOTUNE).unbatch()
+
+    def batched():
+        return pipeline.cache_and_shuffle(parsed(), config, True, count).batch(
+            batch, drop_remainder=True)
+
+    def augmented():
+        return pipeline.with_seeds(batched(), config.seed).map(
+            lambda seed, pair: (pipeline.augment(pair[0], seed), pair[1]),
+            num_parallel_calls=pipeline.AUTOTUNE)
+
+    def normalized():
+        return augmented().map(lambda images, labels: (
+            pipeline.normalize(images, config.normalization), pipeline.one_hot(labels, 0.1)),
+            num_parallel_calls=pipeline.AUTOTUNE)
+
+    def upsampled():
+        return normalized().map(lambda images, labels: (
+            pipeline.upsample(images, 224, config.upsample_method), labels),
+            num_parallel_calls=pipeline.AUTOTUNE)
+
+    stages = [('stage_1_read', lambda: read().batch(batch), None),
+              ('stage_2_parse_decode', lambda: parsed().batch(batch), None),
+              ('stage_3_cache_shuffle_batch', batched, None),
+              ('stage_4_augment', augmented, None),
+              ('stage_5_normalize_one_hot', normalized, None),
+              ('stage_6_upsample_224', upsampled, limit)]
+    results = []
+    for name, build, stage_limit in stages:
+        dataset = build().prefetch(pipeline.AUTOTUNE)
+        _time_epoch(dataset)  # Fills any cache.
+        results.append(Result(name, *_epoch(dataset, repeats, stage_limit)))
+    return results
