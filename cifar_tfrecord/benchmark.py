@@ -169,10 +169,11 @@ def input_suite(records_dir: str, batch_size: int = 256, repeats: int = 3) -> li
     naive = Result('naive_per_example', *_epoch(_naive_dataset(base, manifest), repeats))
     results = [in_memory, naive]
 
+    steps = count // batch_size  # Training datasets repeat: one epoch is this.
     cold_times = []
     for _ in range(repeats):  # A fresh pipeline each time: an empty cache.
         dataset, _ = pipeline.make_dataset(base, 'train', training=True)
-        cold_times.append(_time_epoch(dataset))
+        cold_times.append(_time_epoch(dataset, steps))
     cold_images, cold_seconds = min(cold_times, key=lambda pair: pair[1] / pair[0])
     results.append(relative('pipeline_cold', cold_images, cold_seconds, naive))
     warm_configs = {
@@ -181,11 +182,11 @@ def input_suite(records_dir: str, batch_size: int = 256, repeats: int = 3) -> li
     }
     for name, config in warm_configs.items():
         dataset, _ = pipeline.make_dataset(config, 'train', training=True)
-        _time_epoch(dataset)  # Fills the cache.
-        results.append(relative(name, *_epoch(dataset, repeats), in_memory))
+        _time_epoch(dataset, steps)  # Fills the cache.
+        results.append(relative(name, *_epoch(dataset, repeats, steps), in_memory))
     upsampled = dataclasses.replace(base, augment=True, image_size=224)
     dataset, _ = pipeline.make_dataset(upsampled, 'train', training=True)
-    _time_epoch(dataset)
+    _time_epoch(dataset, steps)
     limit = max(1, 8192 // batch_size)  # Slow: a part of an epoch is enough.
     results.append(relative('pipeline_host_upsample_224',
                             *_epoch(dataset, repeats, limit), in_memory))
@@ -262,8 +263,7 @@ def _stage_breakdown(config: InputConfig, manifest: records.Manifest, repeats: i
         return pipeline.read(paths, training=True, seed=config.seed)
 
     def parsed():
-        return read().batch(1024).map(lambda serialized: pipeline.parse(
-            serialized, manifest.encoding), num_parallel_calls=pipeline.AUTOTUNE).unbatch()
+        return pipeline.decoded(read(), manifest.encoding)
 
     def batched():
         return pipeline.cache_and_shuffle(parsed(), config, True, count).batch(

@@ -20,15 +20,25 @@ _DEFINERS = {
 
 
 def define_flags(config_class) -> None:
-    """One flag per config field, with the field's default and help text."""
+    """One flag per config field, with the field's default and help text.
+
+    A field that is itself a config contributes its own fields as flags.
+    """
     for field in dataclasses.fields(config_class):
-        _DEFINERS[_base_type(field.type)](field.name, field.default, field.metadata['help'])
+        if dataclasses.is_dataclass(field.type):
+            define_flags(field.type)
+        else:
+            _DEFINERS[_base_type(field.type)](field.name, field.default, field.metadata['help'])
 
 
 def config_from_flags(config_class):
     """The config built from the parsed flags of `define_flags`."""
-    values = {field.name: flags.FLAGS[field.name].value
-              for field in dataclasses.fields(config_class)}
+    values = {}
+    for field in dataclasses.fields(config_class):
+        if dataclasses.is_dataclass(field.type):
+            values[field.name] = config_from_flags(field.type)
+        else:
+            values[field.name] = flags.FLAGS[field.name].value
     return config_class(**values)
 
 

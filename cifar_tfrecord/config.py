@@ -115,3 +115,73 @@ class InputConfig:
         if self.data_service and not self.data_service.startswith('grpc://'):
             raise UserInputError(f'--data_service={self.data_service}: expected grpc://host:port')
         return self
+
+
+OPTIMIZERS = ('sgd', 'rmsprop', 'adamw')
+PRECISIONS = ('auto', 'mixed_float16', 'mixed_bfloat16', 'float32')
+STRATEGIES = ('auto', 'mirrored', 'multi_worker', 'tpu', 'one_device', 'default')
+# The batch size the learning rates below are stated for; they scale linearly.
+REFERENCE_BATCH_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How `scripts/train.py` trains. Defaults: the GPU recipe (224 px, ImageNet
+    weights, head first, then the whole network with SGD + Nesterov, as in
+    Kornblith et al. 2019, "Do Better ImageNet Models Transfer Better?")."""
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)
+    model_dir: str = option('runs/resnet50', 'Where the run writes everything (local or gs://).')
+    weights: str = option('imagenet', "imagenet (Keras' own), none (random), or a weights file.")
+    head_units: int = option(256, 'Width of the Dense layer of the head.')
+    dropout: float = option(0.3, 'Dropout before the output layer.')
+    freeze_epochs: int = option(
+        2, 'Epochs training only the head, the backbone frozen (BatchNorm in inference mode).')
+    fine_tune_epochs: int = option(
+        10, 'Epochs training everything afterwards (BatchNorm still in inference mode).')
+    optimizer: str = option('sgd', 'sgd (Nesterov momentum 0.9), rmsprop or adamw.')
+    learning_rate: float = option(
+        0.1, f'Peak learning rate of the head phase at batch {REFERENCE_BATCH_SIZE}.')
+    fine_tune_learning_rate: float = option(
+        0.01, f'Peak learning rate of the fine-tuning phase at batch {REFERENCE_BATCH_SIZE}.')
+    warmup_epochs: float = option(1.0, 'Linear warm-up at the start of each phase.')
+    weight_decay: float = option(0.0, 'Decoupled weight decay (BiT fine-tunes without).')
+    mixed_precision: str = option('auto', (
+        'auto: mixed_float16 on CUDA GPUs, mixed_bfloat16 on TPUs and on CPUs that support '
+        'it, float32 otherwise.'))
+    jit_compile: str = option('auto', 'XLA: auto (on with GPUs), true or false.')
+    strategy: str = option('auto', (
+        'auto: multi_worker when TF_CONFIG is set, mirrored with several GPUs, one_device '
+        'with one, default otherwise.'))
+    evaluation_split: str = option(
+        'auto', 'Split for metrics.json: auto (test if labelled, else validation).')
+    steps_per_epoch: int | None = option(None, 'Cap on training steps per epoch (for smoke runs).')
+
+    def validate(self) -> 'TrainConfig':
+        """Checks the values a user can get wrong; returns self."""
+        self.input.validate()
+        if self.freeze_epochs < 0 or self.fine_tune_epochs < 0 or (
+                self.freeze_epochs + self.fine_tune_epochs < 1):
+            raise UserInputError(
+                f'--freeze_epochs={self.freeze_epochs} --fine_tune_epochs='
+                f'{self.fine_tune_epochs}: epochs must not be negative, and one at least')
+        if self.optimizer not in OPTIMIZERS:
+            raise UserInputError(f'--optimizer={self.optimizer}: use one of {", ".join(OPTIMIZERS)}')
+        if self.mixed_precision not in PRECISIONS:
+            raise UserInputError(
+                f'--mixed_precision={self.mixed_precision}: use one of {", ".join(PRECISIONS)}')
+        if self.strategy not in STRATEGIES:
+            raise UserInputError(f'--strategy={self.strategy}: use one of {", ".join(STRATEGIES)}')
+        if self.jit_compile not in ('auto', 'true', 'false'):
+            raise UserInputError(f'--jit_compile={self.jit_compile}: use auto, true or false')
+        if self.learning_rate <= 0 or self.fine_tune_learning_rate <= 0:
+            raise UserInputError('learning rates must be positive')
+        if not 0 <= self.dropout < 1:
+            raise UserInputError(f'--dropout={self.dropout}: must be in [0, 1)')
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise UserInputError(f'--steps_per_epoch={self.steps_per_epoch}: must be positive')
+        return self
+
+    def scaled_learning_rate(self, phase: str) -> float:
+        """A phase's peak learning rate, scaled linearly to the global batch."""
+        base = self.learning_rate if phase == 'freeze' else self.fine_tune_learning_rate
+        return base * self.input.batch_size / REFERENCE_BATCH_SIZE

@@ -102,39 +102,80 @@ def make_dataset(config: InputConfig, split: str, training: bool,
     Args:
         config: the input configuration.
         split: 'train', 'validation' or 'test'.
-        training: shuffle, augment, smooth labels and drop the last partial
-            batch (static shapes for XLA); otherwise keep every example in order.
+        training: shuffle, augment, smooth labels, drop the last partial batch
+            (static shapes for XLA) and repeat endlessly, count // batch_size
+            batches an epoch; otherwise one pass over every example, in order.
         input_context: from `distribute_datasets_from_function`; gives this
             input pipeline's batch size and its part of the data.
         manifest: the records' manifest, when the caller has loaded it.
 
     Returns:
-        (dataset of (images, one-hot labels), examples in the split).
+        (dataset, examples in the split). Elements are (images, one-hot
+        labels), and for distributed evaluation (images, labels, weights).
     """
     config.validate()
     manifest = manifest or records.load_manifest(config.records_dir)
     paths = checked_shard_paths(config, split, manifest)
+    count = manifest.splits[split].num_examples
     batch_size = config.batch_size
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(config.batch_size)
-    dataset = read(paths, training, config.seed, input_context)
-    dataset = dataset.batch(_PARSE_BATCH).map(
-        lambda serialized: parse(serialized, manifest.encoding), num_parallel_calls=AUTOTUNE)
-    dataset = cache_and_shuffle(dataset.unbatch(), config, training,
-                                manifest.splits[split].num_examples)
-    # drop_remainder keeps shapes static for XLA; evaluation keeps every image.
-    dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
-    if training and config.augment:
-        dataset = with_seeds(dataset, config.seed).map(
-            lambda seed, batch: (augment(batch[0], seed), batch[1]),
-            num_parallel_calls=AUTOTUNE)
-    dataset = dataset.map(lambda images, labels: finish(images, labels, config, training),
-                          num_parallel_calls=AUTOTUNE)
+    if training:
+        dataset = _training_batches(paths, manifest.encoding, config, batch_size, count,
+                                    input_context)
+    else:
+        dataset = _evaluation_batches(paths, manifest.encoding, config, batch_size, count,
+                                      input_context)
     if config.data_service:
         dataset = dataset.apply(tf.data.experimental.service.distribute(
             processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
             service=config.data_service, job_name=f'{split}_{"train" if training else "eval"}'))
-    return dataset.prefetch(AUTOTUNE), manifest.splits[split].num_examples
+    return dataset.prefetch(AUTOTUNE), count
+
+
+def _training_batches(paths, encoding, config, batch_size, count, input_context):
+    dataset = decoded(read(paths, True, config.seed, input_context), encoding)
+    dataset = cache_and_shuffle(dataset, config, True, count)
+    # drop_remainder keeps shapes static for XLA.
+    dataset = dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+    # Endless, epoch after epoch, each reshuffled: Keras counts the steps.
+    dataset = dataset.repeat()
+    if config.augment:
+        dataset = with_seeds(dataset, config.seed).map(
+            lambda seed, batch: (augment(batch[0], seed), batch[1]),
+            num_parallel_calls=AUTOTUNE)
+    return dataset.map(lambda images, labels: finish(images, labels, config, True),
+                       num_parallel_calls=AUTOTUNE)
+
+
+def _evaluation_batches(paths, encoding, config, batch_size, count, input_context):
+    if input_context is None:
+        dataset = cache_and_shuffle(decoded(read(paths, False, config.seed), encoding),
+                                    config, False, count)
+        return dataset.batch(batch_size, num_parallel_calls=AUTOTUNE).map(
+            lambda images, labels: finish(images, labels, config, False),
+            num_parallel_calls=AUTOTUNE)
+    # Distributed: a replica must never get an empty batch (ResNet50 fails on
+    # one), and every worker must run the same number of steps. So each
+    # worker reads the whole split, padded to full batches with examples of
+    # weight 0, which leave the metrics exact.
+    local_replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+    padding = -count % (batch_size * local_replicas)
+    dataset = cache_and_shuffle(decoded(read(paths, False, config.seed), encoding),
+                                config, False, count)
+    dataset = dataset.map(lambda image, label: (image, label, 1.0)).concatenate(
+        tf.data.Dataset.from_tensors(
+            (tf.zeros(records.IMAGE_SHAPE, tf.uint8), tf.constant(0, tf.int64), 0.0)
+        ).repeat(padding))
+    return dataset.batch(batch_size, num_parallel_calls=AUTOTUNE).map(
+        lambda images, labels, weights: (*finish(images, labels, config, False), weights),
+        num_parallel_calls=AUTOTUNE)
+
+
+def decoded(serialized: tf.data.Dataset, encoding: str) -> tf.data.Dataset:
+    """Serialized records to (uint8 image, int64 label), parsed in batches."""
+    return serialized.batch(_PARSE_BATCH).map(
+        lambda batch: parse(batch, encoding), num_parallel_calls=AUTOTUNE).unbatch()
 
 
 def read(paths: list[str], training: bool, seed: int,
@@ -221,3 +262,15 @@ def distribute(strategy: tf.distribute.Strategy, config: InputConfig, split: str
     logging.info('%s: %d replicas, %d images per replica per step', split, replicas,
                  config.batch_size // replicas)
     return dataset, manifest.splits[split].num_examples
+
+
+def make_prediction_dataset(records_dir: str, split: str,
+                            batch_size: int) -> tf.data.Dataset:
+    """(uint8 images, ids) of a split in manifest order, for predictions."""
+    manifest = records.load_manifest(records_dir)
+    config = InputConfig(records_dir=records_dir)
+    paths = checked_shard_paths(config, split, manifest)
+    dataset = tf.data.TFRecordDataset(paths).batch(batch_size)
+    dataset = dataset.map(lambda serialized: records.parse_examples(serialized, manifest.encoding),
+                          num_parallel_calls=AUTOTUNE)
+    return dataset.map(lambda parsed: (parsed['image'], parsed['id'])).prefetch(AUTOTUNE)

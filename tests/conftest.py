@@ -7,7 +7,6 @@ exactly as it reads Kaggle's download.
 
 import importlib.util
 import os
-import sys
 
 import pytest
 import tensorflow as tf
@@ -57,16 +56,23 @@ def sample_records(tmp_path_factory):
     return output_dir
 
 
+# Flags the scripts defined; each script runs with only its own, as it would
+# in a process of its own.
+_SCRIPT_FLAGS = set()
+
+
 def load_script(name: str):
-    """Imports scripts/<name>.py once, so tests call its main with flags."""
-    module_name = f'script_{name}'
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            module_name, os.path.join(SCRIPTS, f'{name}.py'))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    """Imports scripts/<name>.py afresh, so tests call its main with flags."""
+    for flag_name in _SCRIPT_FLAGS:
+        delattr(flags.FLAGS, flag_name)
+    _SCRIPT_FLAGS.clear()
+    defined_before = set(flags.FLAGS)
+    spec = importlib.util.spec_from_file_location(
+        f'script_{name}', os.path.join(SCRIPTS, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _SCRIPT_FLAGS.update(set(flags.FLAGS) - defined_before)
+    return module
 
 
 def run_script(name: str, *args: str) -> int:

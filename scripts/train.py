@@ -1,0 +1,34 @@
+r"""Trains ResNet50 (ImageNet weights) on the CIFAR-10 records.
+
+The GPU recipe (the defaults):
+    python scripts/train.py --records_dir=records --model_dir=runs/resnet50 \
+        --batch_size=256
+
+A quick CPU check from scratch at 32 px:
+    python scripts/train.py --weights=none --image_size=32 --freeze_epochs=0 \
+        --fine_tune_epochs=3 --model_dir=runs/cpu_check
+
+Writes config.json, history.csv, logs/, best.keras, final.keras,
+saved_model/, metrics.json and predictions.npz into --model_dir. Rerun the
+same command after a crash or kill to resume.
+"""
+
+from absl import flags
+
+from cifar_tfrecord import cli
+from cifar_tfrecord import train
+from cifar_tfrecord.config import TrainConfig
+
+cli.define_flags(TrainConfig)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise flags.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    metrics = train.train(cli.config_from_flags(TrainConfig))
+    print(f'{metrics["split"]} accuracy {metrics["accuracy"]:.4f}, '
+          f'loss {metrics["loss"]:.4f}')
+
+
+if __name__ == '__main__':
+    cli.run(main)
