@@ -13,6 +13,7 @@ import time
 import zipfile
 from typing import Callable
 
+import keras
 import numpy as np
 import PIL.Image
 import py7zr
@@ -24,7 +25,7 @@ from cifar_tfrecord import convert
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
 from cifar_tfrecord import sources
-from cifar_tfrecord.config import ConvertConfig, InputConfig
+from cifar_tfrecord.config import ConvertConfig, InputConfig, TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,3 +297,42 @@ def _stage_breakdown(config: InputConfig, manifest: records.Manifest, repeats: i
         _time_epoch(dataset)  # Fills any cache.
         results.append(Result(name, *_epoch(dataset, repeats, stage_limit)))
     return results
+
+
+# ----------------------------------------------------------------------------
+# Training.
+
+
+def train_suite(records_dir: str, batch_size: int = 256, image_size: int = 32,
+                steps: int = 10, precision: str = 'auto') -> list[Result]:
+    """Training throughput fed by the pipeline against fed by synthetic data.
+
+    The same model, flags and step function; only the input differs, so the
+    ratio shows whether input holds training back.
+    """
+    from cifar_tfrecord import train  # Heavy: only this suite needs Keras models.
+    config = TrainConfig(
+        input=InputConfig(records_dir=records_dir, batch_size=batch_size,
+                          image_size=image_size),
+        weights='none', mixed_precision=precision, freeze_epochs=0, fine_tune_epochs=1)
+    keras.mixed_precision.set_global_policy(train.resolve_precision(precision))
+    pipeline_data, _ = pipeline.make_dataset(config.input, 'train', training=True)
+    synthetic = _synthetic_like(pipeline_data)
+    results = []
+    for name, data in (('train_synthetic', synthetic), ('train_pipeline', pipeline_data)):
+        model = train.build(config)
+        train.compile_model(model, config, 'fine_tune', steps, 1,
+                            train.resolve_jit_compile(config.jit_compile))
+        model.fit(data, steps_per_epoch=2, epochs=1, verbose=0)  # Traces and warms up.
+        seconds = best_time(lambda: model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0),
+                            repeats=1)
+        result = Result(name, steps * batch_size, seconds)
+        results.append(result if not results else relative(
+            name, result.images, seconds, results[0]))
+    return results
+
+
+def _synthetic_like(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Endless copies of one batch shaped like the dataset's, held in memory."""
+    images, targets = next(iter(dataset))
+    return tf.data.Dataset.from_tensors((images, targets)).repeat()

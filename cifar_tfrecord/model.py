@@ -5,8 +5,8 @@ pipeline. Every layer is a real Keras layer (no Lambda), so saved models load
 with `safe_mode=True`.
 
     uint8 32x32 images -> Preprocessing (caffe normalization, upsampling)
-    -> ResNet50 backbone (always called with training=False: BatchNorm keeps
-       its ImageNet statistics, frozen or fine-tuned)
+    -> ResNet50 backbone (pretrained, its BatchNorm layers stay frozen, so
+       in inference mode, in both phases; from scratch they train as usual)
     -> global average pooling -> Dense -> BatchNorm -> ReLU -> Dropout
     -> Dense softmax, in float32 even under mixed precision
 """
@@ -78,14 +78,16 @@ def build_model(weights: str, image_size: int, preprocess: bool, normalization: 
     """
     if preprocess:
         inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), dtype='uint8', name='images')
-        features = Preprocessing(normalization, image_size, upsample_method)(inputs)
+        features = Preprocessing(normalization, image_size, upsample_method,
+                                 name='preprocessing')(inputs)
     else:
         inputs = keras.Input((image_size, image_size, 3), dtype='float32', name='images')
         features = inputs
     backbone = build_backbone(weights, image_size)
-    # training=False keeps BatchNorm in inference mode in both phases: its
-    # ImageNet statistics survive small fine-tuning batches.
-    features = backbone(features, training=False)
+    # Not `backbone(features, training=False)`: Keras 3 replaces that flag by
+    # the outer call's `training` when the model runs. BatchNorm's mode is
+    # set through its `trainable` flag instead (see set_backbone_trainable).
+    features = backbone(features)
     features = keras.layers.GlobalAveragePooling2D(name='pool')(features)
     features = keras.layers.Dense(head_units, use_bias=False, name='head_dense')(features)
     features = keras.layers.BatchNormalization(name='head_norm')(features)
@@ -121,6 +123,22 @@ def build_backbone(weights: str, image_size: int) -> keras.Model:
 
 def backbone_of(model: keras.Model) -> keras.Model:
     return model.get_layer(BACKBONE_NAME)
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool, pretrained: bool) -> None:
+    """Freezes or unfreezes the backbone; pretrained BatchNorm stays frozen.
+
+    A BatchNormalization layer that is not trainable runs in inference mode,
+    so pretrained statistics survive fine-tuning on small batches. From
+    scratch there is nothing to preserve and BatchNorm trains as usual.
+    Recompile after calling this.
+    """
+    backbone = backbone_of(model)
+    backbone.trainable = trainable
+    if trainable and pretrained:
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
 
 
 def with_preprocessing(model: keras.Model, normalization: str, upsample_method: str) -> keras.Model:

@@ -171,7 +171,8 @@ def run_phase(model: keras.Model, config: TrainConfig, phase: str,
     first_epoch = 0 if phase == 'freeze' else config.freeze_epochs
     epochs = config.freeze_epochs if phase == 'freeze' else config.fine_tune_epochs
     if epochs:
-        model_lib.backbone_of(model).trainable = phase == 'fine_tune'
+        model_lib.set_backbone_trainable(model, phase == 'fine_tune',
+                                         pretrained=config.weights != 'none')
         with strategy.scope():
             compile_model(model, config, phase, steps_per_epoch, epochs, jit_compile)
         # BackupAndRestore leaves the epoch it restored on the model, and fit

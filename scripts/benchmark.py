@@ -4,6 +4,8 @@ r"""Throughput benchmarks, each against a baseline measured in the same run.
         --output_json=benchmark_convert.json
     python scripts/benchmark.py --suite=input --records_dir=records \
         --batch_size=256 --output_json=benchmark_input.json
+    python scripts/benchmark.py --suite=train --records_dir=records \
+        --batch_size=256 --image_size=32 --output_json=benchmark_train.json
 
 Prints a table and writes --output_json as {"results": [{"name": ...,
 "images_per_second": ..., "baseline": ..., "speedup": ...}, ...]}.
@@ -16,12 +18,14 @@ from absl import flags
 from cifar_tfrecord import benchmark
 from cifar_tfrecord import cli
 
-SUITES = ('convert', 'input')
+SUITES = ('convert', 'input', 'train')
 flags.DEFINE_enum('suite', 'convert', SUITES, 'Which measurements to run.')
 flags.DEFINE_string('data_dir', '../shared/data',
                     'Folder (or zip) with Kaggle\'s cifar-10.zip, for --suite=convert.')
 flags.DEFINE_string('records_dir', 'records', 'Converted records, for --suite=input.')
 flags.DEFINE_integer('batch_size', 256, 'Global batch size, for --suite=input.')
+flags.DEFINE_integer('image_size', 32, 'Model input side, for --suite=train.')
+flags.DEFINE_integer('steps', 10, 'Timed training steps, for --suite=train.')
 flags.DEFINE_integer('repeats', None, 'Runs per measurement; the fastest is kept '
                      '(default: 1 for convert, 3 for input).')
 flags.DEFINE_string('output_json', None, 'Where to write the results as JSON.')
@@ -32,8 +36,11 @@ def main(argv):
     del argv
     if FLAGS.suite == 'convert':
         results = benchmark.convert_suite(FLAGS.data_dir, FLAGS.repeats or 1)
-    else:
+    elif FLAGS.suite == 'input':
         results = benchmark.input_suite(FLAGS.records_dir, FLAGS.batch_size, FLAGS.repeats or 3)
+    else:
+        results = benchmark.train_suite(FLAGS.records_dir, FLAGS.batch_size, FLAGS.image_size,
+                                        FLAGS.steps)
     print(f'{"name":<28} {"images/s":>10} {"seconds":>9}  vs baseline')
     for result in results:
         versus = (f'{result.speedup:.2f}x {result.baseline}' if result.baseline else 'baseline')
