@@ -12,7 +12,6 @@ and the model normalizes and upsamples them on the accelerator.
 Depends on the records module alone.
 """
 
-import os
 
 import keras
 import tensorflow as tf

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import platform
-import shutil
 import sys
 
 import keras

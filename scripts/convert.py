@@ -11,7 +11,6 @@ shards for train, validation and test, then manifest.json.
 """
 
 from absl import flags
-from absl import logging
 
 from cifar_tfrecord import cli
 from cifar_tfrecord import convert

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quick-start command 1: set up .venv if needed, then run the whole job on the
 # generated offline sample: convert, train briefly from scratch at 32 px,
-# evaluate, plot. About five minutes on 2 CPU cores, no network needed.
+# evaluate, plot. About seven minutes on 2 CPU cores, no network needed.
 #   bash scripts/quickstart.sh
 source "$(dirname "${BASH_SOURCE[0]}")/setup_venv.sh"
 set -x

@@ -1,6 +1,5 @@
 """Sources: Kaggle's layouts, the Kaggle download, tensorflow-datasets."""
 
-import io
 import zipfile
 
 import numpy as np
