@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from cifar_tfrecord import convert as convert_lib
 from cifar_tfrecord import records
 from cifar_tfrecord import sample
 from cifar_tfrecord import sources
@@ -151,7 +152,8 @@ def test_png_and_raw_records_hold_the_same_images(tmp_path, kaggle_zip):
         assert raw_label == png_label
 
 
-def test_grey_and_rgba_pngs_become_rgb(tmp_path, small_sample):
+@pytest.mark.parametrize('encoding', records.ENCODINGS)
+def test_grey_and_rgba_pngs_become_rgb(tmp_path, small_sample, encoding):
     train, labels, _ = small_sample
     train = dict(train)
     grey = np.arange(32 * 32, dtype=np.uint8).reshape(32, 32, 1)
@@ -162,7 +164,7 @@ def test_grey_and_rgba_pngs_become_rgb(tmp_path, small_sample):
     data = tmp_path / 'data'
     data.mkdir()
     sample.write_kaggle_zip(str(data / 'cifar-10.zip'), train, sample.labels_csv(labels))
-    assert convert(data, tmp_path / 'records') == 0
+    assert convert(data, tmp_path / 'records', f'--encoding={encoding}') == 0
     images = {image_id: image for split in ('train', 'validation')
               for image_id, image, _ in records.read_split(str(tmp_path / 'records'), split)}
     np.testing.assert_array_equal(images['1'], np.repeat(grey, 3, axis=2))
@@ -276,6 +278,44 @@ def test_bad_input_is_refused_cleanly(tmp_path, small_sample, capsys, case):
     assert pytest.importorskip('re').search(message, error_lines[-1]), error_lines[-1]
     assert not output.exists()
     assert _tree_digest(data) == source_before
+
+
+def _flip_last_data_byte(png: bytes) -> bytes:
+    # The byte before IEND's 12 bytes and IDAT's 4-byte CRC: compressed pixels.
+    position = len(png) - 12 - 4 - 1
+    return png[:position] + bytes([png[position] ^ 0xFF]) + png[position + 1:]
+
+
+@pytest.mark.parametrize('case, message', [
+    ('truncated', r'image 5\.png is a broken PNG \(.* past the end'),
+    ('flipped byte', r"image 5\.png is a broken PNG \(b'IDAT' chunk fails its CRC check"),
+    ('wrong size', 'image 5 is 40x40 pixels, not 32x32'),
+    ('not a png', r'image 5\.png is not a PNG'),
+])
+def test_png_encoding_checks_each_file_without_decoding(tmp_path, small_sample, capsys,
+                                                         case, message):
+    train = dict(small_sample[0])
+    train['5'] = {
+        'truncated': train['5'][:60],
+        'flipped byte': _flip_last_data_byte(train['5']),
+        'wrong size': tf.io.encode_png(np.zeros((40, 40, 3), np.uint8)).numpy(),
+        'not a png': b'GIF89a' + train['5'][6:],
+    }[case]
+    data = _bad_zip(tmp_path / 'data', small_sample, train=train)
+    capsys.readouterr()
+    assert convert(data, tmp_path / 'records', '--encoding=png') == 1
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert pytest.importorskip('re').search(message, last_line), last_line
+    assert not (tmp_path / 'records').exists()
+
+
+@pytest.mark.parametrize('shape', [(32, 32, 3), (20, 30, 1), (32, 32, 4), (7, 5, 2)])
+def test_png_size_reads_the_header_of_any_png(shape):
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    png = tf.io.encode_png(image).numpy()
+    assert convert_lib.png_size(png) == shape[:2]
+    with pytest.raises(ValueError, match='ends before its IEND'):
+        convert_lib.png_size(png[:-12])
 
 
 def test_bad_input_leaves_existing_records_untouched(tmp_path, kaggle_zip, small_sample, capsys):
