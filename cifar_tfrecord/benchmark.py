@@ -267,8 +267,7 @@ def _stage_breakdown(config: InputConfig, manifest: records.Manifest, repeats: i
         return pipeline.decoded(read(), manifest.encoding)
 
     def batched():
-        return pipeline.cache_and_shuffle(parsed(), config, True, count).batch(
-            batch, drop_remainder=True)
+        return pipeline.shuffled_epochs(parsed(), config, count, batch)
 
     def augmented():
         return pipeline.with_seeds(batched(), config.seed).map(

@@ -25,6 +25,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 # Records parsed per parse_example call: large enough to amortize the op.
 _PARSE_BATCH = 1024
 _PADDING = 4
+# Shuffle buffer of the first epoch, which is read from the files.
+_FIRST_EPOCH_SHUFFLE_BUFFER = 8192
 
 
 # ----------------------------------------------------------------------------
@@ -134,11 +136,7 @@ def make_dataset(config: InputConfig, split: str, training: bool,
 
 def _training_batches(paths, encoding, config, batch_size, count, input_context):
     dataset = decoded(read(paths, True, config.seed, input_context), encoding)
-    dataset = cache_and_shuffle(dataset, config, True, count)
-    # drop_remainder keeps shapes static for XLA.
-    dataset = dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
-    # Endless, epoch after epoch, each reshuffled: Keras counts the steps.
-    dataset = dataset.repeat()
+    dataset = shuffled_epochs(dataset, config, count, batch_size)
     if config.augment:
         dataset = with_seeds(dataset, config.seed).map(
             lambda seed, batch: (augment(batch[0], seed), batch[1]),
@@ -149,8 +147,7 @@ def _training_batches(paths, encoding, config, batch_size, count, input_context)
 
 def _evaluation_batches(paths, encoding, config, batch_size, count, input_context):
     if input_context is None:
-        dataset = cache_and_shuffle(decoded(read(paths, False, config.seed), encoding),
-                                    config, False, count)
+        dataset = cached(decoded(read(paths, False, config.seed), encoding), config)
         return dataset.batch(batch_size, num_parallel_calls=AUTOTUNE).map(
             lambda images, labels: finish(images, labels, config, False),
             num_parallel_calls=AUTOTUNE)
@@ -160,8 +157,7 @@ def _evaluation_batches(paths, encoding, config, batch_size, count, input_contex
     # weight 0, which leave the metrics exact.
     local_replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
     padding = -count % (batch_size * local_replicas)
-    dataset = cache_and_shuffle(decoded(read(paths, False, config.seed), encoding),
-                                config, False, count)
+    dataset = cached(decoded(read(paths, False, config.seed), encoding), config)
     dataset = dataset.map(lambda image, label: (image, label, 1.0)).concatenate(
         tf.data.Dataset.from_tensors(
             (tf.zeros(records.IMAGE_SHAPE, tf.uint8), tf.constant(0, tf.int64), 0.0)
@@ -199,21 +195,48 @@ def read(paths: list[str], training: bool, seed: int,
     return dataset
 
 
-def cache_and_shuffle(dataset: tf.data.Dataset, config: InputConfig, training: bool,
-                      num_examples: int) -> tf.data.Dataset:
-    """Caches decoded uint8 images, then (training) shuffles them every epoch.
+def cached(dataset: tf.data.Dataset, config: InputConfig) -> tf.data.Dataset:
+    """Caches the decoded uint8 images, in memory or in files.
 
     The cache comes before every random or expanding stage, so later epochs
     neither re-read the files nor replay one epoch's augmentation.
     """
-    if not config.data_service:
+    if config.data_service:
         # A tf.data service worker sees different files each epoch, where a
         # cache would replay the first; it reads from the files instead.
-        dataset = dataset.cache('' if config.cache == 'memory' else config.cache)
-    if training:
-        dataset = dataset.shuffle(config.shuffle_buffer_size or num_examples,
-                                  seed=config.seed, reshuffle_each_iteration=True)
-    return dataset
+        return dataset
+    return dataset.cache('' if config.cache == 'memory' else config.cache)
+
+
+def shuffled_epochs(dataset: tf.data.Dataset, config: InputConfig, num_examples: int,
+                    batch_size: int) -> tf.data.Dataset:
+    """Endless batches of the cached images, epoch after epoch, each reshuffled.
+
+    Keras counts the steps of an epoch: num_examples // batch_size. Later
+    epochs shuffle the whole split (by default) from the cache. The first is
+    shuffled as it is read, through a smaller buffer: a full one would hold
+    back the first batch until every file was read, so reading would not
+    overlap the rest of the work. The first epoch is still well mixed: the
+    converter wrote the records in random order across shards, and they are
+    read from shuffled, interleaved files.
+    """
+    buffer_size = config.shuffle_buffer_size or num_examples
+
+    def epochs(images: tf.data.Dataset, shuffle_buffer_size: int, part: int) -> tf.data.Dataset:
+        # Each part has its own seed: with one seed, the second part's first
+        # epoch would repeat the first's order of the same cached images.
+        shuffled = images.shuffle(shuffle_buffer_size, seed=config.seed * 2 + part,
+                                  reshuffle_each_iteration=True)
+        # drop_remainder keeps shapes static for XLA.
+        return shuffled.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+
+    images = cached(dataset, config)
+    if config.data_service:
+        return epochs(images, buffer_size, 0).repeat()
+    # The second part starts when the first has read every image, so it
+    # finds the cache complete.
+    first = epochs(images, min(buffer_size, _FIRST_EPOCH_SHUFFLE_BUFFER), 0)
+    return first.concatenate(epochs(images, buffer_size, 1).repeat())
 
 
 def with_seeds(dataset: tf.data.Dataset, seed: int) -> tf.data.Dataset:

@@ -111,8 +111,9 @@ def _expected(records_dir, split):
 def test_training_epoch_holds_every_record_once(sample_records):
     dataset, count = pipeline.make_dataset(_config(sample_records), 'train', training=True)
     assert count == 60
-    epochs = list(dataset.take(12).as_numpy_iterator())
-    for epoch in (epochs[:6], epochs[6:]):  # The cache serves the second.
+    batches = list(dataset.take(18).as_numpy_iterator())
+    # The first epoch is read from the files, the next ones from the cache.
+    for epoch in (batches[:6], batches[6:12], batches[12:]):
         assert _examples(epoch) == _expected(sample_records, 'train')
 
 
