@@ -64,7 +64,7 @@ class Preprocessing(keras.layers.Layer):
 
 def build_model(weights: str, image_size: int, preprocess: bool, normalization: str = 'caffe',
                 upsample_method: str = 'bilinear', head_units: int = 256,
-                dropout: float = 0.3) -> keras.Model:
+                dropout: float = 0.3, batch_norm_momentum: float = 0.9) -> keras.Model:
     """The classifier.
 
     Args:
@@ -75,6 +75,8 @@ def build_model(weights: str, image_size: int, preprocess: bool, normalization: 
             prepared at `image_size`.
         normalization, upsample_method: as in the input configuration.
         head_units, dropout: the head's width and dropout rate.
+        batch_norm_momentum: of every BatchNormalization layer; the frozen
+            ones of a pretrained backbone never update, so never use it.
     """
     if preprocess:
         inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), dtype='uint8', name='images')
@@ -84,13 +86,17 @@ def build_model(weights: str, image_size: int, preprocess: bool, normalization: 
         inputs = keras.Input((image_size, image_size, 3), dtype='float32', name='images')
         features = inputs
     backbone = build_backbone(weights, image_size)
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = batch_norm_momentum
     # Not `backbone(features, training=False)`: Keras 3 replaces that flag by
     # the outer call's `training` when the model runs. BatchNorm's mode is
     # set through its `trainable` flag instead (see set_backbone_trainable).
     features = backbone(features)
     features = keras.layers.GlobalAveragePooling2D(name='pool')(features)
     features = keras.layers.Dense(head_units, use_bias=False, name='head_dense')(features)
-    features = keras.layers.BatchNormalization(name='head_norm')(features)
+    features = keras.layers.BatchNormalization(momentum=batch_norm_momentum,
+                                               name='head_norm')(features)
     features = keras.layers.Activation('relu', name='head_relu')(features)
     features = keras.layers.Dropout(dropout, name='head_dropout')(features)
     outputs = keras.layers.Dense(NUM_CLASSES, activation='softmax', dtype='float32',

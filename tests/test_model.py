@@ -54,6 +54,20 @@ def test_backbone_from_scratch_batchnorm_learns_statistics():
     assert any(not np.array_equal(old, new) for old, new in zip(before, _moving_means(model)))
 
 
+def test_batch_norm_momentum_sets_how_fast_moving_statistics_follow():
+    first_moving_means = {}
+    for momentum in (0.9, 0.5):
+        keras.utils.set_random_seed(0)  # The same weights, so the same batch statistics.
+        model = model_lib.build_model('none', 32, preprocess=True, head_units=8,
+                                      batch_norm_momentum=momentum)
+        assert model.get_layer('head_norm').momentum == momentum
+        _train_one_step(model)
+        first_moving_means[momentum] = _moving_means(model)[0]
+    # From zero, one step moves a moving mean (1 - momentum) of the way.
+    np.testing.assert_allclose(first_moving_means[0.5], 5 * first_moving_means[0.9],
+                               rtol=1e-4, atol=1e-6)
+
+
 def test_weights_file_is_loaded(weights_file):
     model = model_lib.build_model(weights_file, 32, preprocess=True, head_units=8)
     reference = keras.applications.ResNet50(include_top=False, weights=weights_file,
