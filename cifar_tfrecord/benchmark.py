@@ -299,6 +299,47 @@ def _stage_breakdown(config: InputConfig, manifest: records.Manifest, repeats: i
 
 
 # ----------------------------------------------------------------------------
+# tf.data service.
+
+
+def data_service_suite(records_dir: str, batch_size: int = 256, repeats: int = 3,
+                       service_workers: int = 2) -> list[Result]:
+    """Training input through a tf.data service against the same pipeline in-process.
+
+    Both read the training split with augmentation, as training does. The
+    service (a dispatcher and `service_workers` workers) runs in this
+    process, on the same cores, so the ratio is its overhead here: the RPCs,
+    and reading the files every epoch where the in-process pipeline caches.
+    On other hosts its workers add CPU instead.
+    """
+    config = InputConfig(records_dir=records_dir, batch_size=batch_size, image_size=32)
+    steps = records.load_manifest(records_dir).splits['train'].num_examples // batch_size
+    dataset, _ = pipeline.make_dataset(config, 'train', training=True)
+    _time_epoch(dataset, steps)  # Fills the cache.
+    in_process = Result('pipeline_in_process', *_epoch(dataset, repeats, steps))
+    dispatcher, workers = start_data_service(service_workers)
+    try:
+        served_config = dataclasses.replace(config, data_service=dispatcher.target)
+        served, _ = pipeline.make_dataset(served_config, 'train', training=True)
+        seconds = _epoch(served, repeats, steps)
+    finally:
+        for worker in workers:
+            worker.stop()
+        dispatcher.stop()
+    return [in_process, relative(f'data_service_{service_workers}_workers', *seconds, in_process)]
+
+
+def start_data_service(num_workers: int):
+    """A tf.data service dispatcher and its workers, in this process, on free ports."""
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
+    address = dispatcher.target.split('://', 1)[1]
+    workers = [service.WorkerServer(service.WorkerConfig(dispatcher_address=address))
+               for _ in range(num_workers)]
+    return dispatcher, workers
+
+
+# ----------------------------------------------------------------------------
 # Training.
 
 

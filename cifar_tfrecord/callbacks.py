@@ -100,19 +100,24 @@ class BestCheckpoint(keras.callbacks.Callback):
     """best.keras, the model of the best val_accuracy, kept across resumes.
 
     best.json beside it records that accuracy, written after the model, so a
-    resumed run knows what it has to beat.
+    resumed run knows what it has to beat. Every worker of a cluster reads
+    it from the chief's folder: a worker's own folder starts empty.
     """
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, chief_dir: str | None = None):
         super().__init__()
         self._model_path = os.path.join(model_dir, 'best.keras')
         self._record_path = os.path.join(model_dir, 'best.json')
+        chief_dir = chief_dir or model_dir
+        self._chief_paths = (os.path.join(chief_dir, 'best.keras'),
+                             os.path.join(chief_dir, 'best.json'))
         self._best = -math.inf
 
     def on_train_begin(self, logs=None):
         self._best = -math.inf
-        if tf.io.gfile.exists(self._model_path) and tf.io.gfile.exists(self._record_path):
-            with tf.io.gfile.GFile(self._record_path, 'r') as file:
+        model_path, record_path = self._chief_paths
+        if tf.io.gfile.exists(model_path) and tf.io.gfile.exists(record_path):
+            with tf.io.gfile.GFile(record_path, 'r') as file:
                 self._best = json.loads(file.read())['val_accuracy']
 
     def on_epoch_end(self, epoch, logs=None):
@@ -130,7 +135,30 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     Keras writes the weights file in place, and a kill during that write
     leaves a file the resumed run cannot open. Here the weights, then the
     epoch count, are each written under a temporary name and renamed.
+
+    Every worker of a cluster restores from the chief's backup (restore_dir),
+    and writes its own: a worker's backup may be older than the chief's, or
+    gone, and workers that resumed from different epochs would each wait
+    for the other's collective operations.
     """
+
+    def __init__(self, backup_dir: str, restore_dir: str | None = None):
+        super().__init__(backup_dir)
+        self._restore_dir = restore_dir or backup_dir
+
+    def on_train_begin(self, logs=None):
+        weights_path = os.path.join(self._restore_dir, os.path.basename(self._weights_path))
+        metadata_path = os.path.join(self._restore_dir,
+                                     os.path.basename(self._training_metadata_path))
+        if tf.io.gfile.exists(weights_path):
+            if self.model.optimizer is not None and not self.model.optimizer.built:
+                # The backup holds the optimizer's variables: they must exist.
+                self.model.optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(weights_path)
+        if tf.io.gfile.exists(metadata_path):
+            with tf.io.gfile.GFile(metadata_path, 'r') as file:
+                # fit starts from this epoch rather than from initial_epoch.
+                self.model._initial_epoch = json.loads(file.read())['epoch']
 
     def _save_model(self):
         tf.io.gfile.makedirs(self.backup_dir)
@@ -139,19 +167,26 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             {'epoch': self._current_epoch, 'batch': self._last_batch_seen}))
 
 
-def make_callbacks(model_dir: str, phase: str, images_per_epoch: int) -> list:
+def make_callbacks(model_dir: str, phase: str, images_per_epoch: int,
+                   chief_dir: str | None = None) -> list:
     """The callbacks of one phase's fit, in the order they must run.
+
+    They write into model_dir and resume from chief_dir (by default the
+    same): a worker that is not the chief of a cluster writes a folder of
+    its own, and resumes from the chief's files, as every worker does.
 
     At the end of an epoch the outputs are written before the backup that
     marks the epoch done: a kill in between redoes the epoch, and its row
     and checkpoint are written again rather than lost.
     """
+    chief_dir = chief_dir or model_dir
     return [
         keras.callbacks.TerminateOnNaN(),
-        BestCheckpoint(model_dir),
+        BestCheckpoint(model_dir, chief_dir),
         HistoryCSV(model_dir, phase, images_per_epoch),
         keras.callbacks.TensorBoard(os.path.join(model_dir, 'logs')),
-        AtomicBackupAndRestore(os.path.join(model_dir, 'backup', phase)),
+        AtomicBackupAndRestore(os.path.join(model_dir, 'backup', phase),
+                               os.path.join(chief_dir, 'backup', phase)),
     ]
 
 

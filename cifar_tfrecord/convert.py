@@ -62,6 +62,7 @@ def convert(config: ConvertConfig) -> records.Manifest:
     existing = _existing_manifest(config.output_dir)
     if existing is not None and not config.overwrite:
         if existing.provenance == provenance and _shards_present(config.output_dir, existing):
+            _remove_unlisted_shards(config.output_dir, existing)
             logging.info('%s is up to date with this input and these flags; nothing to do '
                          '(--overwrite converts again)', config.output_dir)
             return existing
@@ -402,8 +403,7 @@ class _StagedWriter:
                 records.publish(os.path.join(output_dir, shard.name))
         manifest = records.Manifest(self._config.encoding, splits, provenance)
         records.write_manifest(output_dir, manifest)
-        if existing is not None:
-            _remove_stale_shards(output_dir, existing, manifest)
+        _remove_unlisted_shards(output_dir, manifest)
         logging.info('Wrote %s: %s', records.manifest_path(output_dir), ', '.join(
             f'{name} {split.num_examples}' for name, split in splits.items()))
         return manifest
@@ -457,11 +457,14 @@ def _shards_present(output_dir: str, manifest: records.Manifest) -> bool:
     return True
 
 
-def _remove_stale_shards(output_dir: str, old: records.Manifest,
-                         new: records.Manifest) -> None:
-    current = {shard.name for split in new.splits.values() for shard in split.shards}
-    for split in old.splits.values():
-        for shard in split.shards:
-            path = os.path.join(output_dir, shard.name)
-            if shard.name not in current and tf.io.gfile.exists(path):
-                tf.io.gfile.remove(path)
+def _remove_unlisted_shards(output_dir: str, manifest: records.Manifest) -> None:
+    """Removes shard files the manifest does not list.
+
+    They are left by an earlier conversion with other flags, or by a killed
+    one (temporary files): no reader would take them for data, but they
+    would mislead a person, and fill the disk.
+    """
+    listed = {shard.name for split in manifest.splits.values() for shard in split.shards}
+    for name in tf.io.gfile.listdir(output_dir):
+        if records.is_shard_file(name) and name not in listed:
+            tf.io.gfile.remove(os.path.join(output_dir, name))

@@ -127,10 +127,14 @@ def make_dataset(config: InputConfig, split: str, training: bool,
     else:
         dataset = _evaluation_batches(paths, manifest.encoding, config, batch_size, count,
                                       input_context)
-    if config.data_service:
+    # Only training goes through the service. Evaluation is light (no
+    # augmentation) and each pass must see every image once; a second pass
+    # through the service would join the first, finished job of the same
+    # name, and get what is left of it, or nothing.
+    if config.data_service and training:
         dataset = dataset.apply(tf.data.experimental.service.distribute(
             processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
-            service=config.data_service, job_name=f'{split}_{"train" if training else "eval"}'))
+            service=config.data_service, job_name=f'{split}_train'))
     return dataset.prefetch(AUTOTUNE), count
 
 
@@ -147,7 +151,7 @@ def _training_batches(paths, encoding, config, batch_size, count, input_context)
 
 def _evaluation_batches(paths, encoding, config, batch_size, count, input_context):
     if input_context is None:
-        dataset = cached(decoded(read(paths, False, config.seed), encoding), config)
+        dataset = cached(decoded(read(paths, False, config.seed), encoding), config.cache)
         return dataset.batch(batch_size, num_parallel_calls=AUTOTUNE).map(
             lambda images, labels: finish(images, labels, config, False),
             num_parallel_calls=AUTOTUNE)
@@ -157,7 +161,7 @@ def _evaluation_batches(paths, encoding, config, batch_size, count, input_contex
     # weight 0, which leave the metrics exact.
     local_replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
     padding = -count % (batch_size * local_replicas)
-    dataset = cached(decoded(read(paths, False, config.seed), encoding), config)
+    dataset = cached(decoded(read(paths, False, config.seed), encoding), config.cache)
     dataset = dataset.map(lambda image, label: (image, label, 1.0)).concatenate(
         tf.data.Dataset.from_tensors(
             (tf.zeros(records.IMAGE_SHAPE, tf.uint8), tf.constant(0, tf.int64), 0.0)
@@ -195,17 +199,13 @@ def read(paths: list[str], training: bool, seed: int,
     return dataset
 
 
-def cached(dataset: tf.data.Dataset, config: InputConfig) -> tf.data.Dataset:
-    """Caches the decoded uint8 images, in memory or in files.
+def cached(dataset: tf.data.Dataset, cache: str) -> tf.data.Dataset:
+    """Caches the decoded uint8 images: 'memory', or files at a path prefix.
 
     The cache comes before every random or expanding stage, so later epochs
     neither re-read the files nor replay one epoch's augmentation.
     """
-    if config.data_service:
-        # A tf.data service worker sees different files each epoch, where a
-        # cache would replay the first; it reads from the files instead.
-        return dataset
-    return dataset.cache('' if config.cache == 'memory' else config.cache)
+    return dataset.cache('' if cache == 'memory' else cache)
 
 
 def shuffled_epochs(dataset: tf.data.Dataset, config: InputConfig, num_examples: int,
@@ -230,9 +230,11 @@ def shuffled_epochs(dataset: tf.data.Dataset, config: InputConfig, num_examples:
         # drop_remainder keeps shapes static for XLA.
         return shuffled.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
 
-    images = cached(dataset, config)
     if config.data_service:
-        return epochs(images, buffer_size, 0).repeat()
+        # A tf.data service worker sees different files each epoch, where a
+        # cache would replay the first; it reads from the files instead.
+        return epochs(dataset, buffer_size, 0).repeat()
+    images = cached(dataset, config.cache)
     # The second part starts when the first has read every image, so it
     # finds the cache complete.
     first = epochs(images, min(buffer_size, _FIRST_EPOCH_SHUFFLE_BUFFER), 0)

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from typing import Iterator
 
 import numpy as np
@@ -222,6 +223,13 @@ def write_manifest(records_dir: str, manifest: Manifest) -> None:
 
 def shard_name(split: str, index: int, count: int) -> str:
     return f'{split}-{index:05d}-of-{count:05d}.tfrecord'
+
+
+def is_shard_file(name: str) -> bool:
+    """Whether a file name is a shard's, or a shard's temporary name."""
+    return re.fullmatch(
+        rf'({"|".join(SPLITS)})-\d{{5}}-of-\d{{5}}\.tfrecord({re.escape(PARTIAL_SUFFIX)})?',
+        name) is not None
 
 
 def shard_paths(records_dir: str, split: str, manifest: Manifest | None = None) -> list[str]:

@@ -15,6 +15,15 @@ run writes lands in `config.model_dir`:
     backup/            BackupAndRestore state; removed when the run finishes
 
 Rerunning the same command after a crash or kill resumes where it stopped.
+
+Under `MultiWorkerMirroredStrategy` every worker runs the same fits (their
+collective operations must match), but only the chief writes `model_dir`.
+The others write the same files into a temporary folder of their own,
+`model_dir/.worker-N`, removed when they finish. Every worker resumes from
+the chief's files (state.json, backup/, best.json), so after any worker is
+killed a rerun of the whole job starts all of them at the same epoch with
+the same weights; `model_dir` must therefore be shared by all the hosts
+(gs:// or a network file system).
 """
 
 import dataclasses
@@ -33,14 +42,19 @@ from cifar_tfrecord import evaluate
 from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
-from cifar_tfrecord.config import TrainConfig
+from cifar_tfrecord.config import InputConfig, TrainConfig
 from cifar_tfrecord.errors import UserInputError
 
 PHASES = ('freeze', 'fine_tune')
 
 
-def train(config: TrainConfig) -> dict:
-    """Trains, evaluates and exports. Returns the evaluation metrics."""
+def train(config: TrainConfig) -> dict | None:
+    """Trains, evaluates and exports.
+
+    Returns:
+        The evaluation metrics; None on a worker that is not the chief, which
+        neither evaluates nor exports.
+    """
     config.validate()
     # Every check that can fail comes before the first file is written.
     records.load_manifest(config.input.records_dir)
@@ -61,18 +75,19 @@ def train(config: TrainConfig) -> dict:
     logging.info('Strategy %s: %d replicas, %d images per replica, %s, XLA %s',
                  type(strategy).__name__, strategy.num_replicas_in_sync,
                  config.input.batch_size // strategy.num_replicas_in_sync, precision, jit_compile)
-    tf.io.gfile.makedirs(config.model_dir)
-    write_config(config, precision, strategy)
+    output_dir = make_output_dir(config.model_dir, strategy)
+    write_config(config, output_dir, precision, strategy)
     with strategy.scope():
         model = build(config)
+    # Every worker resumes from the chief's files, so all resume alike.
     completed = run_callbacks.completed_phases(config.model_dir)
     if completed:
         restore_completed(model, config.model_dir, completed[-1])
     for phase in PHASES:
         if phase not in completed:
             run_phase(model, config, phase, strategy, train_data, validation_data,
-                      steps_per_epoch, jit_compile)
-    return finish(model, config)
+                      steps_per_epoch, jit_compile, output_dir)
+    return save_and_finish(model, config, strategy, output_dir)
 
 
 def build(config: TrainConfig) -> keras.Model:
@@ -81,7 +96,8 @@ def build(config: TrainConfig) -> keras.Model:
         preprocess=config.input.upsample_on == 'device',
         normalization=config.input.normalization,
         upsample_method=config.input.upsample_method,
-        head_units=config.head_units, dropout=config.dropout)
+        head_units=config.head_units, dropout=config.dropout,
+        batch_norm_momentum=config.batch_norm_momentum)
 
 
 # ----------------------------------------------------------------------------
@@ -116,20 +132,61 @@ def resolve_jit_compile(value: str) -> bool:
     return value == 'true'
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's outputs.
+
+    True except on the workers of a multi-worker cluster that are not its
+    chief: the 'chief' task when the cluster has one, else worker 0.
+    """
+    resolver = getattr(strategy, 'cluster_resolver', None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == 'chief':
+        return True
+    has_chief = 'chief' in resolver.cluster_spec().as_dict()
+    return resolver.task_type == 'worker' and resolver.task_id == 0 and not has_chief
+
+
+def worker_model_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+    """Where this process writes: model_dir on the chief, else a folder of its own."""
+    if is_chief(strategy):
+        return model_dir
+    resolver = strategy.cluster_resolver
+    return os.path.join(model_dir, f'.{resolver.task_type}-{resolver.task_id}')
+
+
+def make_output_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+    """Creates this process's output folder (`worker_model_dir`) and returns it."""
+    output_dir = worker_model_dir(model_dir, strategy)
+    if output_dir != model_dir and tf.io.gfile.exists(output_dir):
+        tf.io.gfile.rmtree(output_dir)  # Left by a killed worker; never read.
+    tf.io.gfile.makedirs(output_dir)
+    return output_dir
+
+
+def _workers(strategy: tf.distribute.Strategy) -> int:
+    """How many processes train together: 1 unless multi-worker."""
+    resolver = getattr(strategy, 'cluster_resolver', None)
+    if resolver is None or not resolver.task_type:
+        return 1
+    cluster = resolver.cluster_spec().as_dict()
+    return len(cluster.get('chief', [])) + len(cluster.get('worker', []))
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The tf.distribute strategy by name; 'auto' picks from the hardware."""
+    if name == 'multi_worker' or (name == 'auto' and os.environ.get('TF_CONFIG')):
+        # Before anything lists devices: collective operations must be
+        # configured before TensorFlow initializes them.
+        return KerasMultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices('GPU')
     if name == 'auto':
-        if os.environ.get('TF_CONFIG'):
-            name = 'multi_worker'
-        elif len(gpus) > 1:
+        if len(gpus) > 1:
             name = 'mirrored'
         elif gpus:
             name = 'one_device'
         else:
             name = 'default'
-    if name == 'multi_worker':
-        return tf.distribute.MultiWorkerMirroredStrategy()
     if name == 'mirrored':
         # Without GPUs, mirror over the logical CPUs (tests split the CPU).
         devices = None if gpus else [device.name for device in tf.config.list_logical_devices('CPU')]
@@ -144,7 +201,24 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def write_config(config: TrainConfig, precision: str, strategy: tf.distribute.Strategy) -> None:
+class KerasMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy, as Keras 3.15 fit needs it on several workers.
+
+    fit averages each step's scalar metrics over the workers with
+    `reduce(MEAN, value, axis=0)`, an axis scalars lack ("Invalid reduction
+    dimension 0"). For a scalar that means the mean over the replicas,
+    which is what it gets here.
+    """
+
+    def reduce(self, reduce_op, value, axis=None):
+        local_values = self.experimental_local_results(value)
+        if axis is not None and all(local.shape.rank == 0 for local in local_values):
+            axis = None
+        return super().reduce(reduce_op, value, axis)
+
+
+def write_config(config: TrainConfig, output_dir: str, precision: str,
+                 strategy: tf.distribute.Strategy) -> None:
     """config.json: the resolved flags, library versions and devices."""
     content = {
         'config': dataclasses.asdict(config),
@@ -156,7 +230,7 @@ def write_config(config: TrainConfig, precision: str, strategy: tf.distribute.St
         'command': sys.argv,
     }
     run_callbacks.write_text_atomically(
-        os.path.join(config.model_dir, 'config.json'), json.dumps(content, indent=2) + '\n')
+        os.path.join(output_dir, 'config.json'), json.dumps(content, indent=2) + '\n')
 
 
 # ----------------------------------------------------------------------------
@@ -165,8 +239,11 @@ def write_config(config: TrainConfig, precision: str, strategy: tf.distribute.St
 
 def run_phase(model: keras.Model, config: TrainConfig, phase: str,
               strategy: tf.distribute.Strategy, train_data, validation_data,
-              steps_per_epoch: int, jit_compile: bool) -> None:
-    """One phase as one resumable `fit`, with its own compile."""
+              steps_per_epoch: int, jit_compile: bool, output_dir: str) -> None:
+    """One phase as one resumable `fit`, with its own compile.
+
+    Writes into output_dir; resumes from config.model_dir, the chief's.
+    """
     first_epoch = 0 if phase == 'freeze' else config.freeze_epochs
     epochs = config.freeze_epochs if phase == 'freeze' else config.fine_tune_epochs
     if epochs:
@@ -174,16 +251,36 @@ def run_phase(model: keras.Model, config: TrainConfig, phase: str,
                                          pretrained=config.weights != 'none')
         with strategy.scope():
             compile_model(model, config, phase, steps_per_epoch, epochs, jit_compile)
+            if _workers(strategy) > 1:
+                _prepare_for_several_workers(model)
         # BackupAndRestore leaves the epoch it restored on the model, and fit
         # prefers it to initial_epoch: clear what an earlier phase left.
         model._initial_epoch = None
-        model.fit(
-            train_data, validation_data=validation_data, initial_epoch=first_epoch,
-            epochs=first_epoch + epochs, steps_per_epoch=steps_per_epoch, verbose='auto',
-            callbacks=run_callbacks.make_callbacks(config.model_dir, phase,
-                                                   config.input.batch_size * steps_per_epoch))
-        run_callbacks.save_weights_atomically(model, _phase_weights_path(config.model_dir, phase))
-    run_callbacks.mark_completed(config.model_dir, phase)
+        with strategy.scope():  # Where fit finds the strategy of several workers.
+            model.fit(
+                train_data, validation_data=validation_data, initial_epoch=first_epoch,
+                epochs=first_epoch + epochs, steps_per_epoch=steps_per_epoch, verbose='auto',
+                callbacks=run_callbacks.make_callbacks(
+                    output_dir, phase, config.input.batch_size * steps_per_epoch,
+                    chief_dir=config.model_dir))
+        run_callbacks.save_weights_atomically(model, _phase_weights_path(output_dir, phase))
+    run_callbacks.mark_completed(output_dir, phase)
+
+
+
+def _prepare_for_several_workers(model: keras.Model) -> None:
+    """Works around two failures of Keras 3.15 fit on several workers.
+
+    First, fit builds the model from a batch averaged over all replicas with
+    `strategy.reduce`, which MultiWorkerMirroredStrategy cannot do across
+    workers for an (images, labels) pair ("Attempt to convert a value
+    (PerReplica ...)"). Without a strategy recorded on the model fit skips
+    that step and takes the strategy of the scope it runs in; the optimizer
+    is built here, and the loss and metrics build when fit traces its step.
+    The other failure is worked around in `KerasMultiWorkerMirroredStrategy`.
+    """
+    model.optimizer.build(model.trainable_variables)
+    model._distribute_strategy = None
 
 
 def restore_completed(model: keras.Model, model_dir: str, last_phase: str) -> None:
@@ -230,11 +327,38 @@ def make_optimizer(name: str, learning_rate, weight_decay: float) -> keras.optim
 # Outputs.
 
 
-def finish(model: keras.Model, config: TrainConfig) -> dict:
-    """final.keras, the SavedModel, metrics.json and predictions.npz."""
+def save_and_finish(model: keras.Model, config: TrainConfig, strategy: tf.distribute.Strategy,
+                    output_dir: str) -> dict | None:
+    """final.keras on every worker; then, on the chief alone, `finish`.
+
+    Returns:
+        The chief's evaluation metrics; None on the other workers, whose
+        output folder is removed.
+    """
+    # Every worker saves, as TensorFlow asks of multi-worker saving: a save
+    # may read variables synchronized over the workers, a collective
+    # operation the chief could not complete alone.
+    run_callbacks.save_model_atomically(model, os.path.join(output_dir, 'final.keras'))
+    metrics = finish(config) if output_dir == config.model_dir else None
+    if _workers(strategy) > 1:
+        # The others wait for the chief's evaluation: a worker that left
+        # earlier would be reported to the chief as crashed.
+        _wait_for_every_worker(strategy)
+    if metrics is None:
+        tf.io.gfile.rmtree(output_dir)
+        logging.info('Worker done; the chief wrote the outputs into %s', config.model_dir)
+    return metrics
+
+
+def _wait_for_every_worker(strategy: tf.distribute.Strategy) -> None:
+    """A barrier: a sum over every replica, which each worker has to join."""
+    strategy.reduce('SUM', strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+def finish(config: TrainConfig) -> dict:
+    """The SavedModel, metrics.json and predictions.npz, from final.keras."""
     model_dir = config.model_dir
     final_path = os.path.join(model_dir, 'final.keras')
-    run_callbacks.save_model_atomically(model, final_path)
     # Reloaded outside the strategy: evaluation then runs on one device over
     # every image, with no replica left an empty batch.
     serving = evaluate.load_serving_model(final_path)

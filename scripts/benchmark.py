@@ -6,6 +6,8 @@ r"""Throughput benchmarks, each against a baseline measured in the same run.
         --batch_size=256 --output_json=benchmark_input.json
     python scripts/benchmark.py --suite=train --records_dir=records \
         --batch_size=256 --image_size=32 --output_json=benchmark_train.json
+    python scripts/benchmark.py --suite=data_service --records_dir=records \
+        --batch_size=256 --service_workers=2 --output_json=benchmark_service.json
 
 Prints a table and writes --output_json as {"results": [{"name": ...,
 "images_per_second": ..., "baseline": ..., "speedup": ...}, ...]}.
@@ -18,16 +20,18 @@ from absl import flags
 from cifar_tfrecord import benchmark
 from cifar_tfrecord import cli
 
-SUITES = ('convert', 'input', 'train')
+SUITES = ('convert', 'input', 'train', 'data_service')
 flags.DEFINE_enum('suite', 'convert', SUITES, 'Which measurements to run.')
 flags.DEFINE_string('data_dir', '../shared/data',
                     'Folder (or zip) with Kaggle\'s cifar-10.zip, for --suite=convert.')
-flags.DEFINE_string('records_dir', 'records', 'Converted records, for --suite=input.')
-flags.DEFINE_integer('batch_size', 256, 'Global batch size, for --suite=input.')
+flags.DEFINE_string('records_dir', 'records', 'Converted records, for every suite but convert.')
+flags.DEFINE_integer('batch_size', 256, 'Global batch size, for every suite but convert.')
 flags.DEFINE_integer('image_size', 32, 'Model input side, for --suite=train.')
+flags.DEFINE_integer('service_workers', 2,
+                     'tf.data service workers started in-process, for --suite=data_service.')
 flags.DEFINE_integer('steps', 10, 'Timed training steps, for --suite=train.')
 flags.DEFINE_integer('repeats', None, 'Runs per measurement; the fastest is kept '
-                     '(default: 1 for convert, 3 for input).')
+                     '(default: 1 for convert, 3 for input and data_service).')
 flags.DEFINE_string('output_json', None, 'Where to write the results as JSON.')
 FLAGS = flags.FLAGS
 
@@ -38,6 +42,9 @@ def main(argv):
         results = benchmark.convert_suite(FLAGS.data_dir, FLAGS.repeats or 1)
     elif FLAGS.suite == 'input':
         results = benchmark.input_suite(FLAGS.records_dir, FLAGS.batch_size, FLAGS.repeats or 3)
+    elif FLAGS.suite == 'data_service':
+        results = benchmark.data_service_suite(FLAGS.records_dir, FLAGS.batch_size,
+                                               FLAGS.repeats or 3, FLAGS.service_workers)
     else:
         results = benchmark.train_suite(FLAGS.records_dir, FLAGS.batch_size, FLAGS.image_size,
                                         FLAGS.steps)

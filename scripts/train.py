@@ -11,6 +11,9 @@ A quick CPU check from scratch at 32 px:
 Writes config.json, history.csv, logs/, best.keras, final.keras,
 saved_model/, metrics.json and predictions.npz into --model_dir. Rerun the
 same command after a crash or kill to resume.
+
+With TF_CONFIG set it is one worker of a multi-worker job (only the chief
+writes --model_dir); scripts/launch_local.py starts such a job on one machine.
 """
 
 from absl import flags
@@ -26,6 +29,9 @@ def main(argv):
     if len(argv) > 1:
         raise flags.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     metrics = train.train(cli.config_from_flags(TrainConfig))
+    if metrics is None:
+        print('worker done: the chief wrote the outputs')
+        return
     print(f'{metrics["split"]} accuracy {metrics["accuracy"]:.4f}, '
           f'loss {metrics["loss"]:.4f}')
 

@@ -3,8 +3,10 @@
 import hashlib
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -361,3 +363,76 @@ def test_missing_kaggle_credentials_via_the_flag(tmp_path, monkeypatch, capsys):
                       f'--output_dir={tmp_path / "records"}') == 1
     assert 'no Kaggle credentials found' in capsys.readouterr().err
     assert not (tmp_path / 'records').exists()
+
+
+# ----------------------------------------------------------------------------
+# Killed for real: SIGKILL at seeded moments of the writing, then a rerun.
+
+_KILLS = 3
+
+
+def _check_no_reader_sees_a_partial_conversion(output_dir):
+    """Either no manifest, so no reader finds any shard, or whole records.
+
+    Returns:
+        The verified records per split, or None without a manifest.
+    """
+    names = set(os.listdir(output_dir)) if os.path.isdir(output_dir) else set()
+    if records.MANIFEST_NAME not in names:
+        return None
+    counts = records.verify(output_dir)  # Every listed shard whole: size, checksum, count.
+    manifest = records.load_manifest(output_dir)
+    listed = {shard.name for split in manifest.splits.values() for shard in split.shards}
+    published = {name for name in names if name.endswith('.tfrecord')}
+    assert published <= listed, f'shards outside the manifest: {sorted(published - listed)}'
+    return counts
+
+
+def _writing_since(output_dir, started: float) -> bool:
+    """Whether a temporary shard file was written after `started`."""
+    for name in os.listdir(output_dir) if output_dir.is_dir() else []:
+        try:
+            if name.endswith(records.PARTIAL_SUFFIX) and (
+                    (output_dir / name).stat().st_mtime >= started):
+                return True
+        except FileNotFoundError:  # Renamed meanwhile.
+            pass
+    return False
+
+
+def test_killed_conversions_leave_only_whole_records_and_a_rerun_completes(tmp_path):
+    output_dir = tmp_path / 'records'
+    rng = np.random.default_rng(9)
+
+    def command(seed):
+        # --overwrite with another seed and shard count: every run replaces
+        # the records before, and leaves stale shards if it fails to clean.
+        return [sys.executable, os.path.join(REPOSITORY, 'scripts', 'convert.py'),
+                '--source=sample', f'--output_dir={output_dir}', f'--num_shards={16 - 4 * seed}',
+                '--sample_images_per_class=100', '--sample_test_images=100',
+                f'--seed={seed}', '--overwrite']
+
+    outcomes = []
+    for kill in range(_KILLS):
+        started = time.time()
+        process = subprocess.Popen(command(kill % 2), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        # Writing takes a fraction of a second after seconds of start-up and
+        # reading: the kill comes a seeded moment after this run's first shard
+        # file, in the writing, the renaming, or after the manifest.
+        while process.poll() is None and not _writing_since(output_dir, started):
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.6))
+        process.kill()
+        outcomes.append(process.wait())
+        _check_no_reader_sees_a_partial_conversion(str(output_dir))
+    assert -signal.SIGKILL in outcomes  # At least one kill hit a running converter.
+
+    finished = subprocess.run(command(1), capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert _check_no_reader_sees_a_partial_conversion(str(output_dir)) == {
+        'train': 900, 'validation': 100, 'test': 100}
+    manifest = records.load_manifest(str(output_dir))
+    assert manifest.provenance['options']['seed'] == 1
+    listed = {shard.name for split in manifest.splits.values() for shard in split.shards}
+    assert set(os.listdir(output_dir)) == listed | {records.MANIFEST_NAME}

@@ -1,6 +1,8 @@
 """scripts/data_service.py: a real dispatcher and worker in another process."""
 
 import collections
+import csv
+import json
 import os
 import socket
 import subprocess
@@ -11,7 +13,7 @@ import numpy as np
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
 from cifar_tfrecord.config import InputConfig
-from conftest import SCRIPTS
+from conftest import SCRIPTS, run_script
 
 
 def _free_port() -> int:
@@ -24,20 +26,51 @@ def test_service_script_feeds_the_pipeline(sample_records):
     port = _free_port()
     service = subprocess.Popen(
         [sys.executable, os.path.join(SCRIPTS, 'data_service.py'), f'--port={port}',
-         '--num_workers=2'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+         # One worker: with several, each drops its own last partial batch.
+         '--num_workers=1'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert 'dispatcher' in service.stdout.readline()  # Printed once serving.
         config = InputConfig(records_dir=sample_records, batch_size=10, image_size=32,
-                             label_smoothing=0.0, data_service=f'grpc://localhost:{port}')
-        dataset, _ = pipeline.make_dataset(config, 'validation', training=False)
+                             augment=False, label_smoothing=0.0,
+                             data_service=f'grpc://localhost:{port}')
+        dataset, count = pipeline.make_dataset(config, 'train', training=True)
         found = collections.Counter(
             (image.tobytes(), int(np.argmax(target)))
-            for images, targets in dataset.as_numpy_iterator()
+            for images, targets in dataset.take(count // 10).as_numpy_iterator()
             for image, target in zip(images, targets))
         expected = collections.Counter(
             (image.tobytes(), label)
-            for _, image, label in records.read_split(sample_records, 'validation'))
+            for _, image, label in records.read_split(sample_records, 'train'))
         assert found == expected
     finally:
         service.kill()
         service.wait()
+
+
+def test_training_reads_through_the_service_script(sample_records, tmp_path):
+    port = _free_port()
+    service_log = tmp_path / 'service.log'
+    with open(service_log, 'w') as log:
+        service = subprocess.Popen(
+            [sys.executable, os.path.join(SCRIPTS, 'data_service.py'), f'--port={port}',
+             '--num_workers=2'], stdout=subprocess.PIPE, stderr=log, text=True,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='0'))
+    try:
+        assert 'dispatcher' in service.stdout.readline()
+        model_dir = tmp_path / 'run'
+        assert run_script(
+            'train', f'--records_dir={sample_records}', f'--model_dir={model_dir}',
+            f'--data_service=grpc://localhost:{port}', '--weights=none', '--image_size=32',
+            '--batch_size=8', '--head_units=16', '--warmup_epochs=0', '--freeze_epochs=2',
+            '--fine_tune_epochs=0', '--steps_per_epoch=2', '--mixed_precision=float32') == 0
+    finally:
+        service.kill()
+        service.wait()
+    # The service's workers, another process, read the shards for training.
+    assert 'TFRecordDataset' in service_log.read_text()
+    with open(model_dir / 'history.csv') as file:
+        history = list(csv.DictReader(file))
+    assert [row['epoch'] for row in history] == ['1', '2']
+    assert all(float(row['val_accuracy']) >= 0 for row in history)
+    metrics = json.loads((model_dir / 'metrics.json').read_text())
+    assert metrics['examples'] == 20  # The whole validation split, read here.

@@ -41,8 +41,11 @@ def test_stages_agree_eagerly_and_in_tf_data(name, function, inputs):
 
 
 def test_parse_agrees_eagerly_and_in_tf_data():
+    # dtype=object: numpy's fixed-width bytes would drop a record's trailing
+    # zero bytes (a label 0 serialized last), and the record would not parse.
     serialized = np.array([records.serialize_example('raw', str(index), image.tobytes(), int(label))
-                           for index, (image, label) in enumerate(zip(IMAGES, LABELS))])
+                           for index, (image, label) in enumerate(zip(IMAGES, LABELS))],
+                          dtype=object)
     eager, in_graph = _eager_and_in_tf_data(lambda batch: pipeline.parse(batch, 'raw'), serialized)
     for result in (eager, in_graph):
         np.testing.assert_array_equal(result[0], IMAGES)
@@ -203,9 +206,18 @@ def test_tf_data_service_delivers_the_same_examples(sample_records):
     worker = tf.data.experimental.service.WorkerServer(
         tf.data.experimental.service.WorkerConfig(dispatcher_address=address))
     config = _config(sample_records, data_service=dispatcher.target)
-    dataset, _ = pipeline.make_dataset(config, 'validation', training=False)
-    assert _examples(dataset) == _expected(sample_records, 'validation')
+    dataset, count = pipeline.make_dataset(config, 'train', training=True)
+    epoch = list(dataset.take(count // config.batch_size).as_numpy_iterator())
+    assert _examples(epoch) == _expected(sample_records, 'train')
     del worker, dispatcher
+
+
+def test_evaluation_reads_every_image_in_process_even_with_a_service(sample_records):
+    # Through the service, a second pass would join the first pass's job.
+    config = _config(sample_records, data_service='grpc://localhost:1')  # Nothing there.
+    dataset, _ = pipeline.make_dataset(config, 'validation', training=False)
+    for _ in range(2):
+        assert _examples(dataset) == _expected(sample_records, 'validation')
 
 
 # ----------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -122,34 +121,91 @@ def test_predict_script_writes_a_kaggle_submission(trained_run, sample_records, 
 
 
 # ----------------------------------------------------------------------------
-# Killed and resumed: a real process, killed after its first epoch.
+# Killed and resumed: a real process, killed in the middle of an epoch.
+
+# scripts/train.py with one more callback, which SIGKILLs the process after
+# the second step of its third epoch: mid-epoch, at the same point every run.
+_TRAIN_KILLED_MID_EPOCH = """
+import os, runpy, signal, sys
+import keras
+from cifar_tfrecord import callbacks
+
+class KillMidEpoch(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 2 and batch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+make_callbacks = callbacks.make_callbacks
+callbacks.make_callbacks = lambda *args, **kwargs: make_callbacks(*args, **kwargs) + [
+    KillMidEpoch()]
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
 
 
-def _train_command(records_dir, model_dir):
-    return [sys.executable, os.path.join(REPOSITORY, 'scripts', 'train.py'),
+def _train_arguments(records_dir, model_dir):
+    return [os.path.join(REPOSITORY, 'scripts', 'train.py'),
             f'--records_dir={records_dir}', f'--model_dir={model_dir}', *SMALL,
-            '--freeze_epochs=1', '--fine_tune_epochs=2', '--steps_per_epoch=2',
+            '--freeze_epochs=1', '--fine_tune_epochs=2', '--steps_per_epoch=4',
             '--mixed_precision=float32']
 
 
-def test_killed_run_resumes_to_the_requested_epochs(sample_records, tmp_path):
+def test_run_killed_mid_epoch_resumes_to_the_requested_epochs(sample_records, tmp_path):
     model_dir = tmp_path / 'run'
-    command = _train_command(sample_records, model_dir)
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (model_dir / 'history.csv').exists() or len(_history(model_dir)) < 1:
-        assert process.poll() is None and time.time() < deadline, 'training ended early'
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    arguments = _train_arguments(sample_records, model_dir)
+    killed = subprocess.run([sys.executable, '-c', _TRAIN_KILLED_MID_EPOCH, *arguments],
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert [int(row['epoch']) for row in _history(model_dir)] == [1, 2]
     assert not (model_dir / 'final.keras').exists()
+    best_before = json.loads((model_dir / 'best.json').read_text())
+    assert (model_dir / 'best.keras').exists()
 
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, *arguments], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+    # Resumed from the backup of epoch 2: only epoch 3 was trained again.
+    assert 'Epoch 3/3' in result.stdout and 'Epoch 2/3' not in result.stdout
     history = _history(model_dir)
     assert [int(row['epoch']) for row in history] == [1, 2, 3]
     assert [row['phase'] for row in history] == ['freeze', 'fine_tune', 'fine_tune']
-    assert (model_dir / 'best.keras').exists() and (model_dir / 'final.keras').exists()
+    best_after = json.loads((model_dir / 'best.json').read_text())
+    assert best_after['val_accuracy'] >= best_before['val_accuracy']
+    evaluate.load_serving_model(str(model_dir / 'best.keras'))  # Whole and loadable.
+    assert (model_dir / 'final.keras').exists()
+
+
+# ----------------------------------------------------------------------------
+# Remote storage: TensorFlow's in-memory file system stands in for gs://.
+
+
+def test_convert_train_and_plot_on_a_remote_file_system(tmp_path, monkeypatch):
+    # ram:// lives in this process: every step runs here, not as a command.
+    root = f'ram://{tmp_path.name}'
+    monkeypatch.chdir(tmp_path)  # Anything written locally by mistake lands here.
+    assert run_script('convert', '--source=sample', f'--output_dir={root}/records',
+                      '--sample_images_per_class=8', '--sample_test_images=12',
+                      '--num_shards=4', '--validation_fraction=0.25') == 0
+    assert run_script('convert', '--verify', f'--output_dir={root}/records') == 0
+    assert run_script('train', f'--records_dir={root}/records', f'--model_dir={root}/run',
+                      *SMALL, '--freeze_epochs=1', '--fine_tune_epochs=0',
+                      '--steps_per_epoch=2', '--mixed_precision=float32') == 0
+    assert sorted(tf.io.gfile.listdir(f'{root}/run')) == [
+        'best.json', 'best.keras', 'config.json', 'final.keras', 'history.csv', 'logs',
+        'metrics.json', 'predictions.npz', 'saved_model', 'state.json']
+    assert run_script('plot', f'--model_dir={root}/run', f'--output_dir={root}/plots') == 0
+    figures = sorted(tf.io.gfile.listdir(f'{root}/plots'))
+    assert figures == ['accuracy.png', 'confusion_matrix.png', 'learning_rate.png', 'loss.png',
+                       'per_class_accuracy.png', 'samples.png']
+    for name in figures:
+        with tf.io.gfile.GFile(f'{root}/plots/{name}', 'rb') as file:
+            assert file.read(8) == records.PNG_SIGNATURE
+    exported = tf.saved_model.load(f'{root}/run/saved_model')
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    assert exported.serve(tf.constant(images)).shape == (2, 10)
+    assert os.listdir(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------

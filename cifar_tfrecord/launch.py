@@ -1,0 +1,161 @@
+"""A multi-worker job on one machine: N copies of a command, one cluster.
+
+Each copy gets its own TF_CONFIG, naming every worker's address and its own
+index, exactly as on separate hosts, so `MultiWorkerMirroredStrategy` and the
+chief-only outputs run here as they would on several machines. The launcher
+prefixes each worker's output with its index, waits for all of them, and when
+one fails stops the others: a worker left alone would wait forever in its
+next collective operation.
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from cifar_tfrecord.config import LaunchConfig
+
+_POLL_SECONDS = 0.2
+_FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchResult:
+    """How each worker ended; `failed` is the first worker seen to fail."""
+    statuses: tuple[int, ...]
+    failed: int | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.failed is None
+
+
+def free_ports(host: str, count: int) -> list[int]:
+    """Ports free on `host`; each is held until all are chosen, so they differ."""
+    probes = []
+    try:
+        for _ in range(count):
+            probe = socket.socket()
+            probe.bind((host, 0))
+            probes.append(probe)
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def tf_config(addresses: list[str], index: int) -> str:
+    """The TF_CONFIG of worker `index` in a cluster of workers only.
+
+    Without a 'chief' task, worker 0 is the chief: it writes the outputs.
+    """
+    return json.dumps({'cluster': {'worker': list(addresses)},
+                       'task': {'type': 'worker', 'index': index}})
+
+
+def describe_status(status: int) -> str:
+    """'exit status 2', or 'killed by SIGKILL' for a negative Popen status."""
+    if status < 0:
+        return f'killed by {signal.Signals(-status).name}'
+    return f'exit status {status}'
+
+
+def launch(config: LaunchConfig, command: list[str]) -> LaunchResult:
+    """Runs `command` as each worker of a local cluster, and waits for all.
+
+    Args:
+        config: how many workers, on which host, how long stopping may take.
+        command: the program and its arguments, the same for every worker.
+
+    Returns:
+        Every worker's exit status; when one failed, the others were stopped.
+    """
+    config.validate()
+    ports = free_ports(config.host, config.num_workers)
+    addresses = [f'{config.host}:{port}' for port in ports]
+    workers = [_start(command, addresses, index) for index in range(config.num_workers)]
+    print_lock = threading.Lock()
+    readers = [threading.Thread(target=_copy_output, args=(worker, index, print_lock), daemon=True)
+               for index, worker in enumerate(workers)]
+    for reader in readers:
+        reader.start()
+    with _forwarding_signals(workers):
+        failed = _wait(workers)
+        if failed is not None:
+            _stop(workers, config.stop_seconds)
+    for reader in readers:
+        reader.join()
+    return LaunchResult(tuple(worker.returncode for worker in workers), failed)
+
+
+def _start(command: list[str], addresses: list[str], index: int) -> subprocess.Popen:
+    environment = dict(os.environ, TF_CONFIG=tf_config(addresses, index), PYTHONUNBUFFERED='1')
+    # A session of its own: a Ctrl-C reaches the worker once, forwarded by
+    # the launcher, rather than twice.
+    worker = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    print(f'worker {index}: pid {worker.pid}, {addresses[index]}', flush=True)
+    return worker
+
+
+def _copy_output(worker: subprocess.Popen, index: int, print_lock: threading.Lock) -> None:
+    for line in worker.stdout:
+        with print_lock:
+            sys.stdout.write(f'[worker {index}] {line}')
+            sys.stdout.flush()
+
+
+def _wait(workers: list[subprocess.Popen]) -> int | None:
+    """Waits until every worker succeeded (None) or one failed (its index)."""
+    while True:
+        statuses = [worker.poll() for worker in workers]
+        for index, status in enumerate(statuses):
+            if status is not None and status != 0:
+                return index
+        if all(status == 0 for status in statuses):
+            return None
+        time.sleep(_POLL_SECONDS)
+
+
+def _stop(workers: list[subprocess.Popen], grace_seconds: float) -> None:
+    """SIGTERM to the workers still running, then SIGKILL after the grace time."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.terminate()
+    deadline = time.monotonic() + grace_seconds
+    for worker in workers:
+        try:
+            worker.wait(max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+@contextlib.contextmanager
+def _forwarding_signals(workers: list[subprocess.Popen]):
+    """Within the block, SIGINT and SIGTERM to the launcher go to the workers.
+
+    The workers then fail, and the launcher stops the rest and reports it.
+    Handlers can only be set from the main thread; elsewhere this does nothing.
+    """
+
+    def forward(number, frame):
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(number)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in _FORWARDED_SIGNALS:
+            previous[number] = signal.signal(number, forward)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

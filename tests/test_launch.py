@@ -1,0 +1,142 @@
+"""scripts/launch_local.py: local clusters, and a two-worker job killed and rerun."""
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cifar_tfrecord import launch
+from cifar_tfrecord.config import LaunchConfig
+from conftest import SCRIPTS, run_script
+
+# Prints its TF_CONFIG and saves it as <index>.json in the folder it is given.
+# Worker 1 then fails, once worker 0 has saved its own; worker 0 waits to be stopped.
+_FAILING_WORKER = """
+import json, os, pathlib, sys, time
+folder = pathlib.Path(sys.argv[1])
+index = json.loads(os.environ['TF_CONFIG'])['task']['index']
+print(os.environ['TF_CONFIG'], flush=True)
+(folder / f'{index}.partial').write_text(os.environ['TF_CONFIG'])
+(folder / f'{index}.partial').rename(folder / f'{index}.json')
+while index == 1 and not (folder / '0.json').exists():
+    time.sleep(0.01)
+if index == 1:
+    sys.exit(3)
+time.sleep(600)
+"""
+
+
+def test_each_worker_gets_its_tf_config_and_a_failure_stops_the_others(tmp_path, capfd):
+    result = launch.launch(LaunchConfig(num_workers=2),
+                           [sys.executable, '-c', _FAILING_WORKER, str(tmp_path)])
+    assert result.failed == 1
+    assert result.statuses == (-signal.SIGTERM, 3)
+    configs = [json.loads((tmp_path / f'{index}.json').read_text()) for index in (0, 1)]
+    assert [config['task'] for config in configs] == [{'type': 'worker', 'index': 0},
+                                                      {'type': 'worker', 'index': 1}]
+    addresses = configs[0]['cluster']['worker']
+    assert len(set(addresses)) == 2 and configs[1]['cluster'] == {'worker': addresses}
+    output = capfd.readouterr().out
+    for index, config in enumerate(configs):  # Each line prefixed with its worker.
+        assert f'[worker {index}] {json.dumps(config)}' in output
+
+
+# A launcher of two workers that sleep until stopped; prints how they ended.
+_LAUNCH_SLEEPERS = (
+    'import sys\n'
+    'from cifar_tfrecord import launch\n'
+    'from cifar_tfrecord.config import LaunchConfig\n'
+    'sleeper = "import time; print(\'ready\', flush=True); time.sleep(600)"\n'
+    'result = launch.launch(LaunchConfig(num_workers=2), [sys.executable, "-c", sleeper])\n'
+    'print("statuses", *result.statuses)\n')
+
+
+def test_a_signal_to_the_launcher_reaches_every_worker():
+    launcher = subprocess.Popen([sys.executable, '-c', _LAUNCH_SLEEPERS],
+                                stdout=subprocess.PIPE, text=True)
+    ready = 0
+    while ready < 2:
+        line = launcher.stdout.readline()
+        assert line, 'the launcher ended early'
+        ready += line.endswith('] ready\n')
+    launcher.send_signal(signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=60)
+    assert f'statuses -{signal.SIGTERM.value} -{signal.SIGTERM.value}' in output
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (['--num_workers=0', '--', '--model_dir=x'], 'error: --num_workers=0: must be at least 1'),
+    (['--num_workers=2'], 'error: no training flags: put them after --'),
+])
+def test_bad_flags_are_refused(capsys, arguments, message):
+    assert run_script('launch_local', *arguments) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(message)
+
+
+# ----------------------------------------------------------------------------
+# Two real workers training ResNet50, one of them killed, the job rerun.
+
+SMALL = ['--weights=none', '--image_size=32', '--batch_size=8', '--head_units=16',
+         '--warmup_epochs=0', '--steps_per_epoch=2', '--mixed_precision=float32']
+
+
+def _history(model_dir):
+    with open(os.path.join(model_dir, 'history.csv')) as file:
+        return list(csv.DictReader(file))
+
+
+def _wait_for(condition, process, what):
+    deadline = time.time() + 600  # Only against a hang; never reached otherwise.
+    while not condition():
+        assert process.poll() is None, f'the launcher ended before {what}'
+        assert time.time() < deadline, f'no {what} after 10 minutes'
+        time.sleep(0.2)
+
+
+def _worker_pids(log_path):
+    return {int(index): int(pid) for index, pid in
+            re.findall(r'^worker (\d+): pid (\d+),', log_path.read_text(), re.MULTILINE)}
+
+
+def test_two_workers_killed_and_rerun_finish_the_job(sample_records, tmp_path):
+    model_dir = tmp_path / 'run'
+    # The freeze phase alone, two epochs of two steps; four images per worker a step.
+    command = [sys.executable, os.path.join(SCRIPTS, 'launch_local.py'), '--num_workers=2', '--',
+               f'--records_dir={sample_records}', f'--model_dir={model_dir}', *SMALL,
+               '--freeze_epochs=2', '--fine_tune_epochs=0']
+    first_log = tmp_path / 'first.log'
+    with open(first_log, 'w') as output:
+        launcher = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    backup = model_dir / 'backup' / 'freeze' / 'training_metadata.json'
+    _wait_for(backup.exists, launcher, "the chief's backup of epoch 1")
+    pids = _worker_pids(first_log)
+    os.kill(pids[1], signal.SIGKILL)
+    assert launcher.wait(timeout=600) == 1
+    log = first_log.read_text()
+    assert 'error: worker 1 failed (killed by SIGKILL)' in log
+    with pytest.raises(ProcessLookupError):  # The launcher stopped the chief too.
+        os.kill(pids[0], 0)
+    assert 'Input pipeline 1 of 2 reads its own shard files.' in log
+    assert (model_dir / '.worker-1').is_dir()  # Left by the killed worker.
+    assert not (model_dir / 'final.keras').exists()
+
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    # Both workers resumed from the chief's backup: neither redid epoch 1.
+    for index in (0, 1):
+        assert f'[worker {index}] Epoch 2/2' in rerun.stdout
+        assert f'[worker {index}] Epoch 1/2' not in rerun.stdout
+    assert [(row['epoch'], row['phase']) for row in _history(model_dir)] == [
+        ('1', 'freeze'), ('2', 'freeze')]
+    assert sorted(os.listdir(model_dir)) == [
+        'best.json', 'best.keras', 'config.json', 'final.keras', 'history.csv', 'logs',
+        'metrics.json', 'predictions.npz', 'saved_model', 'state.json']
+    with open(model_dir / 'config.json') as file:
+        resolved = json.load(file)['resolved']
+    assert resolved['replicas'] == 2 and 'MultiWorkerMirroredStrategy' in resolved['strategy']
