@@ -36,7 +36,8 @@ def trained_run(sample_records, tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp('run') / 'run')
     status = run_script('train', f'--records_dir={sample_records}', f'--model_dir={model_dir}',
                         *SMALL, '--strategy=mirrored', '--mixed_precision=mixed_bfloat16',
-                        '--freeze_epochs=1', '--fine_tune_epochs=1', '--steps_per_epoch=2')
+                        '--freeze_epochs=1', '--fine_tune_epochs=1', '--steps_per_epoch=2',
+                        '--batch_norm_momentum=0.8')
     keras.mixed_precision.set_global_policy('float32')
     assert status == 0
     return model_dir
@@ -98,7 +99,9 @@ def test_best_checkpoint_loads_in_safe_mode(trained_run):
     model = keras.saving.load_model(os.path.join(trained_run, 'best.keras'), safe_mode=True)
     assert model.inputs[0].dtype == 'uint8'
     backbone = model.get_layer('resnet50')
-    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in backbone.layers)
+    norms = [layer for layer in [*backbone.layers, model.get_layer('head_norm')]
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.momentum == 0.8 for layer in norms)  # --batch_norm_momentum
 
 
 def test_evaluate_script_writes_metrics(trained_run, sample_records, tmp_path):
@@ -219,6 +222,7 @@ def test_convert_train_and_plot_on_a_remote_file_system(tmp_path, monkeypatch):
     (['--image_size=100', '--upsample_method=repeat'], 'multiple of 32'),
     (['--freeze_epochs=0', '--fine_tune_epochs=0'], 'epochs must not be negative, and one'),
     (['--fine_tune_epochs=-1'], 'epochs must not be negative'),
+    (['--batch_norm_momentum=1.5'], '--batch_norm_momentum=1.5: must be in [0, 1)'),
 ])
 def test_bad_input_is_refused_before_training(sample_records, tmp_path, capsys, flags, message):
     model_dir = tmp_path / 'run'
