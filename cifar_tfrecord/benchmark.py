@@ -284,16 +284,17 @@ def _stage_breakdown(config: InputConfig, manifest: records.Manifest, repeats: i
             pipeline.upsample(images, 224, config.upsample_method), labels),
             num_parallel_calls=pipeline.AUTOTUNE)
 
+    steps = count // batch  # From stage 3 on, batches repeat endlessly.
     stages = [('stage_1_read', lambda: read().batch(batch), None),
               ('stage_2_parse_decode', lambda: parsed().batch(batch), None),
-              ('stage_3_cache_shuffle_batch', batched, None),
-              ('stage_4_augment', augmented, None),
-              ('stage_5_normalize_one_hot', normalized, None),
+              ('stage_3_cache_shuffle_batch', batched, steps),
+              ('stage_4_augment', augmented, steps),
+              ('stage_5_normalize_one_hot', normalized, steps),
               ('stage_6_upsample_224', upsampled, limit)]
     results = []
     for name, build, stage_limit in stages:
         dataset = build().prefetch(pipeline.AUTOTUNE)
-        _time_epoch(dataset)  # Fills any cache.
+        _time_epoch(dataset, stage_limit and steps)  # Fills any cache.
         results.append(Result(name, *_epoch(dataset, repeats, stage_limit)))
     return results
 

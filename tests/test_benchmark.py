@@ -1,0 +1,43 @@
+"""scripts/benchmark.py: every suite runs and reports against its baseline.
+
+Only that the measurements run and are reported is checked here, on tiny
+inputs; their figures mean nothing at this size, and no test judges speed.
+"""
+
+import json
+
+import pytest
+
+from conftest import run_script
+
+SUITES = {
+    'convert': {'decompress_7z': None, 'convert_zip': 'decompress_7z',
+                'pil_loop_extracted': None, 'convert_extracted_raw': 'pil_loop_extracted',
+                'convert_extracted_png': 'pil_loop_extracted'},
+    'input': {'in_memory': None, 'naive_per_example': None,
+              'pipeline_cold': 'naive_per_example', 'pipeline_warm': 'in_memory',
+              'pipeline_warm_augmented': 'in_memory', 'pipeline_host_upsample_224': 'in_memory',
+              'stage_1_read': None, 'stage_2_parse_decode': None,
+              'stage_3_cache_shuffle_batch': None, 'stage_4_augment': None,
+              'stage_5_normalize_one_hot': None, 'stage_6_upsample_224': None},
+    'data_service': {'pipeline_in_process': None,
+                     'data_service_1_workers': 'pipeline_in_process'},
+    'train': {'train_synthetic': None, 'train_pipeline': 'train_synthetic'},
+}
+
+
+@pytest.mark.parametrize('suite', sorted(SUITES))
+def test_each_suite_reports_every_entry_against_its_baseline(suite, sample_records, kaggle_zip,
+                                                             tmp_path):
+    output = tmp_path / 'results.json'
+    flags = {'convert': [f'--data_dir={kaggle_zip}'],
+             'input': ['--batch_size=10'],
+             'data_service': ['--batch_size=10', '--service_workers=1'],
+             'train': ['--batch_size=4', '--steps=1']}[suite]
+    assert run_script('benchmark', f'--suite={suite}', f'--records_dir={sample_records}',
+                      '--repeats=1', f'--output_json={output}', *flags) == 0
+    results = json.loads(output.read_text())['results']
+    assert {result['name']: result['baseline'] for result in results} == SUITES[suite]
+    for result in results:
+        assert result['images_per_second'] > 0 and result['images'] > 0
+        assert (result['speedup'] is None) == (result['baseline'] is None)
