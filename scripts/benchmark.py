@@ -48,10 +48,10 @@ def main(argv):
     else:
         results = benchmark.train_suite(FLAGS.records_dir, FLAGS.batch_size, FLAGS.image_size,
                                         FLAGS.steps)
-    print(f'{"name":<28} {"images/s":>10} {"seconds":>9}  vs baseline')
+    print(f'{"name":<34} {"images/s":>10} {"seconds":>9}  vs baseline')
     for result in results:
         versus = (f'{result.speedup:.2f}x {result.baseline}' if result.baseline else 'baseline')
-        print(f'{result.name:<28} {result.images_per_second:>10,.0f} '
+        print(f'{result.name:<34} {result.images_per_second:>10,.0f} '
               f'{result.seconds:>9.2f}  {versus}')
     if FLAGS.suite == 'input':
         _print_input_summary(results)
