@@ -309,7 +309,9 @@ def compile_model(model: keras.Model, config: TrainConfig, phase: str, steps_per
     model.compile(
         optimizer=make_optimizer(config.optimizer, schedule, config.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(),
-        metrics=[keras.metrics.CategoricalAccuracy(name='accuracy')],
+        # Weighted: distributed validation pads with examples of weight 0,
+        # and Keras passes sample weights to weighted_metrics alone.
+        weighted_metrics=[keras.metrics.CategoricalAccuracy(name='accuracy')],
         jit_compile=jit_compile)
 
 

@@ -9,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup_venv.sh"
 set -x
 python scripts/convert.py --source=sample --output_dir=records/sample
 python scripts/train.py --records_dir=records/sample --model_dir=runs/quickstart \
-  --weights=none --image_size=32 --batch_size=64 --freeze_epochs=0 --fine_tune_epochs=6 \
+  --weights=none --image_size=32 --batch_size=64 --freeze_epochs=0 --fine_tune_epochs=4 \
   --optimizer=adamw --fine_tune_learning_rate=0.004
 python scripts/evaluate.py --model_dir=runs/quickstart --records_dir=records/sample
 python scripts/plot.py --model_dir=runs/quickstart

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cifar_tfrecord import records
 from cifar_tfrecord import evaluate
+from cifar_tfrecord import records
+from cifar_tfrecord import train
+from cifar_tfrecord.config import TrainConfig
 from conftest import REPOSITORY, run_script
 
 SMALL = ['--weights=none', '--image_size=32', '--batch_size=8', '--head_units=16',
@@ -209,6 +211,20 @@ def test_convert_train_and_plot_on_a_remote_file_system(tmp_path, monkeypatch):
     images = np.zeros((2, 32, 32, 3), np.uint8)
     assert exported.serve(tf.constant(images)).shape == (2, 10)
     assert os.listdir(tmp_path) == []
+
+
+def test_validation_accuracy_ignores_examples_of_weight_zero():
+    # Distributed validation pads with such examples: they must not count.
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(10, activation='softmax')])
+    config = TrainConfig(weights='none', fine_tune_epochs=1)
+    train.compile_model(model, config, 'fine_tune', steps_per_epoch=1, epochs=1,
+                        jit_compile=False)
+    inputs = np.eye(3, dtype=np.float32)[:2]
+    predicted = model.predict(inputs, verbose=0).argmax(axis=1)
+    targets = np.eye(10, dtype=np.float32)[[predicted[0], (predicted[1] + 1) % 10]]
+    logs = model.evaluate(inputs, targets, sample_weight=np.array([1.0, 0.0]), verbose=0,
+                          return_dict=True)
+    assert logs['accuracy'] == 1.0
 
 
 # ----------------------------------------------------------------------------
