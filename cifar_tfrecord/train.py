@@ -42,7 +42,7 @@ from cifar_tfrecord import evaluate
 from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
-from cifar_tfrecord.config import InputConfig, TrainConfig
+from cifar_tfrecord.config import TrainConfig
 from cifar_tfrecord.errors import UserInputError
 
 PHASES = ('freeze', 'fine_tune')

@@ -4,12 +4,12 @@ import collections
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
+from cifar_tfrecord import launch
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
 from cifar_tfrecord.config import InputConfig
@@ -17,9 +17,7 @@ from conftest import SCRIPTS, run_script
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(('localhost', 0))
-        return probe.getsockname()[1]
+    return launch.free_ports('localhost', 1)[0]
 
 
 def test_service_script_feeds_the_pipeline(sample_records):
