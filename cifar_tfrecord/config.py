@@ -156,6 +156,9 @@ class TrainConfig:
     strategy: str = option('auto', (
         'auto: multi_worker when TF_CONFIG is set, mirrored with several GPUs, one_device '
         'with one, default otherwise.'))
+    export_saved_model: bool = option(True, (
+        'Also write saved_model/ (uint8 images in, probabilities out) for TF Serving; '
+        'on a CPU the export takes about as long as tracing the model.'))
     evaluation_split: str = option(
         'auto', 'Split for metrics.json: auto (test if labelled, else validation).')
     steps_per_epoch: int | None = option(None, 'Cap on training steps per epoch (for smoke runs).')

@@ -5,9 +5,11 @@ made by the same writer as the offline sample, so the converter reads them
 exactly as it reads Kaggle's download.
 """
 
+import csv
 import importlib.util
 import os
 
+import keras
 import pytest
 import tensorflow as tf
 from absl import flags
@@ -28,6 +30,11 @@ SHARED_DATA = os.path.join(os.path.dirname(REPOSITORY), 'shared', 'data')
 
 IMAGES_PER_CLASS = 6
 TEST_IMAGES = 7
+
+# scripts/train.py at test size: ResNet50 with random weights at 32 px and
+# tiny batches, the real model and code paths at seconds per step on a CPU.
+SMALL_TRAINING = ['--weights=none', '--image_size=32', '--batch_size=8', '--head_units=16',
+                  '--warmup_epochs=0']
 
 
 @pytest.fixture(scope='session')
@@ -88,3 +95,16 @@ def run_script(name: str, *args: str) -> int:
     except SystemExit as exit_:
         return exit_.code or 0
     return 0
+
+
+def read_history(model_dir) -> list[dict]:
+    """A run's history.csv, one dict per epoch."""
+    with open(os.path.join(model_dir, 'history.csv')) as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture(autouse=True)
+def _reset_precision():
+    """The mixed-precision policy is global: no test leaves one to the next."""
+    yield
+    keras.mixed_precision.set_global_policy('float32')

@@ -1,7 +1,6 @@
 """scripts/data_service.py: a real dispatcher and worker in another process."""
 
 import collections
-import csv
 import json
 import os
 import subprocess
@@ -13,7 +12,7 @@ from cifar_tfrecord import launch
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
 from cifar_tfrecord.config import InputConfig
-from conftest import SCRIPTS, run_script
+from conftest import SCRIPTS, SMALL_TRAINING, read_history, run_script
 
 
 def _free_port() -> int:
@@ -58,16 +57,15 @@ def test_training_reads_through_the_service_script(sample_records, tmp_path):
         model_dir = tmp_path / 'run'
         assert run_script(
             'train', f'--records_dir={sample_records}', f'--model_dir={model_dir}',
-            f'--data_service=grpc://localhost:{port}', '--weights=none', '--image_size=32',
-            '--batch_size=8', '--head_units=16', '--warmup_epochs=0', '--freeze_epochs=2',
-            '--fine_tune_epochs=0', '--steps_per_epoch=2', '--mixed_precision=float32') == 0
+            f'--data_service=grpc://localhost:{port}', *SMALL_TRAINING, '--freeze_epochs=2',
+            '--fine_tune_epochs=0', '--steps_per_epoch=2', '--mixed_precision=float32',
+            '--noexport_saved_model') == 0
     finally:
         service.kill()
         service.wait()
     # The service's workers, another process, read the shards for training.
     assert 'TFRecordDataset' in service_log.read_text()
-    with open(model_dir / 'history.csv') as file:
-        history = list(csv.DictReader(file))
+    history = read_history(model_dir)
     assert [row['epoch'] for row in history] == ['1', '2']
     assert all(float(row['val_accuracy']) >= 0 for row in history)
     metrics = json.loads((model_dir / 'metrics.json').read_text())

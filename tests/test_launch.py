@@ -1,6 +1,5 @@
 """scripts/launch_local.py: local clusters, and a two-worker job killed and rerun."""
 
-import csv
 import json
 import os
 import re
@@ -13,7 +12,7 @@ import pytest
 
 from cifar_tfrecord import launch
 from cifar_tfrecord.config import LaunchConfig
-from conftest import SCRIPTS, run_script
+from conftest import SCRIPTS, SMALL_TRAINING, read_history, run_script
 
 # Prints its TF_CONFIG and saves it as <index>.json in the folder it is given.
 # Worker 1 then fails, once worker 0 has saved its own; worker 0 waits to be stopped.
@@ -82,15 +81,6 @@ def test_bad_flags_are_refused(capsys, arguments, message):
 # ----------------------------------------------------------------------------
 # Two real workers training ResNet50, one of them killed, the job rerun.
 
-SMALL = ['--weights=none', '--image_size=32', '--batch_size=8', '--head_units=16',
-         '--warmup_epochs=0', '--steps_per_epoch=2', '--mixed_precision=float32']
-
-
-def _history(model_dir):
-    with open(os.path.join(model_dir, 'history.csv')) as file:
-        return list(csv.DictReader(file))
-
-
 def _wait_for(condition, process, what):
     deadline = time.time() + 600  # Only against a hang; never reached otherwise.
     while not condition():
@@ -108,8 +98,9 @@ def test_two_workers_killed_and_rerun_finish_the_job(sample_records, tmp_path):
     model_dir = tmp_path / 'run'
     # The freeze phase alone, two epochs of two steps; four images per worker a step.
     command = [sys.executable, os.path.join(SCRIPTS, 'launch_local.py'), '--num_workers=2', '--',
-               f'--records_dir={sample_records}', f'--model_dir={model_dir}', *SMALL,
-               '--freeze_epochs=2', '--fine_tune_epochs=0']
+               f'--records_dir={sample_records}', f'--model_dir={model_dir}', *SMALL_TRAINING,
+               '--steps_per_epoch=2', '--mixed_precision=float32', '--freeze_epochs=2',
+               '--fine_tune_epochs=0', '--noexport_saved_model']
     first_log = tmp_path / 'first.log'
     with open(first_log, 'w') as output:
         launcher = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
@@ -132,11 +123,11 @@ def test_two_workers_killed_and_rerun_finish_the_job(sample_records, tmp_path):
     for index in (0, 1):
         assert f'[worker {index}] Epoch 2/2' in rerun.stdout
         assert f'[worker {index}] Epoch 1/2' not in rerun.stdout
-    assert [(row['epoch'], row['phase']) for row in _history(model_dir)] == [
+    assert [(row['epoch'], row['phase']) for row in read_history(model_dir)] == [
         ('1', 'freeze'), ('2', 'freeze')]
     assert sorted(os.listdir(model_dir)) == [
         'best.json', 'best.keras', 'config.json', 'final.keras', 'history.csv', 'logs',
-        'metrics.json', 'predictions.npz', 'saved_model', 'state.json']
+        'metrics.json', 'predictions.npz', 'state.json']
     with open(model_dir / 'config.json') as file:
         resolved = json.load(file)['resolved']
     assert resolved['replicas'] == 2 and 'MultiWorkerMirroredStrategy' in resolved['strategy']

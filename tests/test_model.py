@@ -29,6 +29,7 @@ def _moving_means(model):
 
 def _train_one_step(model):
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss='categorical_crossentropy')
+    model.optimizer.build(model.trainable_variables)  # Else the step is traced twice.
     model.train_on_batch(IMAGES, TARGETS)
 
 
