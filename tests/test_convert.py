@@ -37,11 +37,17 @@ def _tree_digest(folder) -> dict:
             for name in sorted(os.listdir(folder))}
 
 
+@pytest.mark.parametrize('layout', ['zip', 'extracted'])
 @pytest.mark.parametrize('encoding', records.ENCODINGS)
-def test_pixels_labels_and_ids_round_trip_exactly(tmp_path, kaggle_zip, small_sample, encoding):
+def test_pixels_labels_and_ids_round_trip_exactly(tmp_path, kaggle_zip, small_sample, monkeypatch,
+                                                  encoding, layout):
     train, labels, test = small_sample
+    # Chunks of 24 images: several per set, none a whole number of the
+    # groups extracted files are decoded in, so every boundary is crossed.
+    monkeypatch.setattr(convert_lib, '_DECODE_CHUNK', 24)
+    data = kaggle_zip if layout == 'zip' else _extracted_folder(tmp_path / 'extracted', small_sample)
     output = tmp_path / 'records'
-    assert convert(kaggle_zip, output, f'--encoding={encoding}', '--num_shards=4') == 0
+    assert convert(data, output, f'--encoding={encoding}', '--num_shards=4') == 0
 
     read = {}
     for split in records.SPLITS:
@@ -280,6 +286,56 @@ def test_bad_input_is_refused_cleanly(tmp_path, small_sample, capsys, case):
     assert pytest.importorskip('re').search(message, error_lines[-1]), error_lines[-1]
     assert not output.exists()
     assert _tree_digest(data) == source_before
+
+
+def _extracted_folder(folder, small_sample, *, train=None, labels_csv=None):
+    """Kaggle's files as a user who unpacked them holds them."""
+    original_train, labels, test = small_sample
+    for name, files in (('train', original_train if train is None else train), ('test', test)):
+        (folder / name).mkdir(parents=True)
+        for image_id, png in files.items():
+            (folder / name / f'{image_id}.png').write_bytes(png)
+    (folder / sources.LABELS_CSV).write_text(
+        sample.labels_csv(labels) if labels_csv is None else labels_csv)
+    return folder
+
+
+def _folder_digest(folder) -> dict:
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob('*')) if path.is_file()}
+
+
+# The cases an extracted folder can hold: its images are read and decoded
+# by another code path than the archives' (TensorFlow reads the files).
+EXTRACTED_CASE_NAMES = ['undecodable png', 'not a png', 'wrong size', 'csv id without image',
+                        'image without csv row', 'duplicate csv id', 'label outside the classes']
+
+
+@pytest.mark.parametrize('case', EXTRACTED_CASE_NAMES)
+def test_bad_extracted_folder_is_refused_cleanly(tmp_path, small_sample, capsys, case):
+    arguments, message = _cases(small_sample)[case]
+    data = _extracted_folder(tmp_path / 'data', small_sample, **arguments)
+    source_before = _folder_digest(data)
+    capsys.readouterr()
+    assert convert(data, tmp_path / 'records') == 1
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith('error: ')
+    assert pytest.importorskip('re').search(message, last_line), last_line
+    assert not (tmp_path / 'records').exists()
+    assert _folder_digest(data) == source_before
+
+
+@pytest.mark.parametrize('encoding', records.ENCODINGS)
+def test_unreadable_extracted_file_is_named(tmp_path, small_sample, capsys, encoding):
+    data = _extracted_folder(tmp_path / 'data', small_sample)
+    (data / 'train' / '5.png').unlink()
+    (data / 'train' / '5.png').symlink_to(tmp_path / 'nowhere.png')  # Dangling.
+    capsys.readouterr()
+    assert convert(data, tmp_path / 'records', f'--encoding={encoding}') == 1
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line == (f'error: cannot read {data / "train" / "5.png"}: '
+                         'No such file or directory')
+    assert not (tmp_path / 'records').exists()
 
 
 def _flip_last_data_byte(png: bytes) -> bytes:

@@ -13,7 +13,8 @@ from cifar_tfrecord.errors import UserInputError
 
 
 def _examples(layout, kaggle_set):
-    return {example.id: (example.image, example.label) for example in layout.examples(kaggle_set)}
+    return {example.id: (sources.png_bytes(example.image), example.label)
+            for example in layout.examples(kaggle_set)}
 
 
 def test_zip_7z_folder_and_extracted_pngs_give_the_same_examples(tmp_path, kaggle_zip, small_sample):
