@@ -190,9 +190,9 @@ def _decoded(chunks: Iterator[list[sources.SourceExample]], encoding: str, kaggl
                          np.array([image.shape[:2] for image in images]), kaggle_set)
             yield chunk, images
     elif encoding == 'png':
+        if isinstance(first[0].image, sources.PngFile):
+            chunks = _read_png_files(chunks)
         for chunk in chunks:
-            chunk = [example._replace(image=sources.png_bytes(example.image))
-                     for example in chunk]
             _check_png_structures(chunk, kaggle_set)
             yield chunk, None
     elif isinstance(first[0].image, sources.PngFile):
@@ -266,6 +266,27 @@ def _decoded_png_files(chunks: Iterator[list[sources.SourceExample]], kaggle_set
     except tf.errors.OpError:
         # A file in the chunk being decoded is unreadable or broken.
         raise _explain_bad_png(itertools.chain(*chunks[decoded:]), kaggle_set) from None
+
+
+def _read_png_files(chunks: Iterator[list[sources.SourceExample]]
+                    ) -> Iterator[list[sources.SourceExample]]:
+    """The chunks with their PNG files read, by TF threads, ahead of the caller."""
+    chunks = list(chunks)
+    paths = [example.image.path for chunk in chunks for example in chunk]
+    contents = (tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
+                .map(tf.io.read_file, num_parallel_calls=_DECODE_CALLS, deterministic=True)
+                .batch(_DECODE_CHUNK)
+                .prefetch(1))
+    read = 0
+    try:
+        for pngs in contents.as_numpy_iterator():
+            yield [sources.SourceExample(example.id, png, example.label)
+                   for example, png in zip(chunks[read], pngs.tolist())]
+            read += 1
+    except tf.errors.OpError:
+        for example in itertools.chain(*chunks[read:]):
+            sources.png_bytes(example.image)  # Names the unreadable file.
+        raise
 
 
 def _decoding(pngs: tf.data.Dataset, decode) -> tf.data.Dataset:

@@ -254,8 +254,9 @@ class _Folder:
         names = [file for file in tf.io.gfile.listdir(folder) if not file.endswith('/')]
         if not names:
             raise UserInputError(f'{folder} holds no images')
+        prefix = folder.rstrip('/') + '/'  # Not os.path.join: 50,000 calls cost 0.4 s.
         for file in names:
-            yield file, PngFile(os.path.join(folder, file))
+            yield file, PngFile(prefix + file)
 
 
 class _Zip:
