@@ -31,7 +31,7 @@ flags.DEFINE_integer('service_workers', 2,
                      'tf.data service workers started in-process, for --suite=data_service.')
 flags.DEFINE_integer('steps', 10, 'Timed training steps, for --suite=train.')
 flags.DEFINE_integer('repeats', None, 'Runs per measurement; the fastest is kept '
-                     '(default: 1 for convert, 3 for input and data_service).')
+                     '(default: 1 for convert, 2 for train, 3 for input and data_service).')
 flags.DEFINE_string('output_json', None, 'Where to write the results as JSON.')
 FLAGS = flags.FLAGS
 
@@ -47,7 +47,7 @@ def main(argv):
                                                FLAGS.repeats or 3, FLAGS.service_workers)
     else:
         results = benchmark.train_suite(FLAGS.records_dir, FLAGS.batch_size, FLAGS.image_size,
-                                        FLAGS.steps)
+                                        FLAGS.steps, repeats=FLAGS.repeats or 2)
     print(f'{"name":<34} {"images/s":>10} {"seconds":>9}  vs baseline')
     for result in results:
         versus = (f'{result.speedup:.2f}x {result.baseline}' if result.baseline else 'baseline')

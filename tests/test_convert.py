@@ -45,7 +45,8 @@ def test_pixels_labels_and_ids_round_trip_exactly(tmp_path, kaggle_zip, small_sa
     # Chunks of 24 images: several per set, none a whole number of the
     # groups extracted files are decoded in, so every boundary is crossed.
     monkeypatch.setattr(convert_lib, '_DECODE_CHUNK', 24)
-    data = kaggle_zip if layout == 'zip' else _extracted_folder(tmp_path / 'extracted', small_sample)
+    data = (kaggle_zip if layout == 'zip'
+            else _extracted_folder(tmp_path / 'extracted', small_sample))
     output = tmp_path / 'records'
     assert convert(data, output, f'--encoding={encoding}', '--num_shards=4') == 0
 
