@@ -33,8 +33,8 @@ def _pil_pixels(png: bytes) -> np.ndarray:
 
 
 def _tree_digest(folder) -> dict:
-    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
-            for name in sorted(os.listdir(folder))}
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob('*')) if path.is_file()}
 
 
 @pytest.mark.parametrize('layout', ['zip', 'extracted'])
@@ -274,21 +274,6 @@ CASE_NAMES = ['undecodable png', 'not a png', 'wrong size', 'csv id without imag
               'label outside the classes', 'entry escaping the folder', 'absolute entry']
 
 
-@pytest.mark.parametrize('case', CASE_NAMES)
-def test_bad_input_is_refused_cleanly(tmp_path, small_sample, capsys, case):
-    arguments, message = _cases(small_sample)[case]
-    data = _bad_zip(tmp_path / 'data', small_sample, **arguments)
-    source_before = _tree_digest(data)
-    output = tmp_path / 'records'
-    capsys.readouterr()
-    assert convert(data, output) == 1
-    error_lines = capsys.readouterr().err.strip().splitlines()
-    assert error_lines[-1].startswith('error: ')
-    assert pytest.importorskip('re').search(message, error_lines[-1]), error_lines[-1]
-    assert not output.exists()
-    assert _tree_digest(data) == source_before
-
-
 def _extracted_folder(folder, small_sample, *, train=None, labels_csv=None):
     """Kaggle's files as a user who unpacked them holds them."""
     original_train, labels, test = small_sample
@@ -301,29 +286,27 @@ def _extracted_folder(folder, small_sample, *, train=None, labels_csv=None):
     return folder
 
 
-def _folder_digest(folder) -> dict:
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob('*')) if path.is_file()}
-
-
-# The cases an extracted folder can hold: its images are read and decoded
-# by another code path than the archives' (TensorFlow reads the files).
+# An extracted folder can hold the cases that are not about archives; its
+# images go another way (TensorFlow reads the files), so both are tested.
 EXTRACTED_CASE_NAMES = ['undecodable png', 'not a png', 'wrong size', 'csv id without image',
                         'image without csv row', 'duplicate csv id', 'label outside the classes']
 
 
-@pytest.mark.parametrize('case', EXTRACTED_CASE_NAMES)
-def test_bad_extracted_folder_is_refused_cleanly(tmp_path, small_sample, capsys, case):
+@pytest.mark.parametrize('layout, case', [('zip', name) for name in CASE_NAMES]
+                         + [('extracted', name) for name in EXTRACTED_CASE_NAMES])
+def test_bad_input_is_refused_cleanly(tmp_path, small_sample, capsys, layout, case):
     arguments, message = _cases(small_sample)[case]
-    data = _extracted_folder(tmp_path / 'data', small_sample, **arguments)
-    source_before = _folder_digest(data)
+    make_data = _bad_zip if layout == 'zip' else _extracted_folder
+    data = make_data(tmp_path / 'data', small_sample, **arguments)
+    source_before = _tree_digest(data)
+    output = tmp_path / 'records'
     capsys.readouterr()
-    assert convert(data, tmp_path / 'records') == 1
-    last_line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last_line.startswith('error: ')
-    assert pytest.importorskip('re').search(message, last_line), last_line
-    assert not (tmp_path / 'records').exists()
-    assert _folder_digest(data) == source_before
+    assert convert(data, output) == 1
+    error_lines = capsys.readouterr().err.strip().splitlines()
+    assert error_lines[-1].startswith('error: ')
+    assert pytest.importorskip('re').search(message, error_lines[-1]), error_lines[-1]
+    assert not output.exists()
+    assert _tree_digest(data) == source_before
 
 
 @pytest.mark.parametrize('encoding', records.ENCODINGS)
