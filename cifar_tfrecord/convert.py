@@ -32,10 +32,11 @@ from cifar_tfrecord.errors import UserInputError
 # Images handed to TF at a time: large enough that TF's per-call cost
 # vanishes, small enough that decoding overlaps reading.
 _DECODE_CHUNK = 1024
-_DECODE_CALLS = 4
+# Files read at once for --encoding=png, which does not decode them.
+_READ_CALLS = 4
 # tf.data spends more per call of a map function than decoding a 32x32 PNG
-# takes: files known up front are decoded in groups, one call per group
-# (measured: a quarter less CPU per image than one call per image).
+# takes: PNGs are decoded in groups, one call per group (measured: a quarter
+# less CPU per image than one call per image).
 _DECODE_GROUP = 16
 _GROUP_CALLS = 2
 _PROGRESS_SECONDS = 5.0
@@ -217,7 +218,7 @@ def _decoded_pngs(chunks: Iterator[list[sources.SourceExample]], kaggle_set: str
             for chunk in chunks:
                 _check_signatures(chunk, kaggle_set)
                 pending.append(chunk)
-                yield [example.image for example in chunk]
+                yield _padded_to_groups([example.image for example in chunk])
         except Exception as error:  # Raised again below, as itself.
             source_errors.append(error)
 
@@ -229,7 +230,8 @@ def _decoded_pngs(chunks: Iterator[list[sources.SourceExample]], kaggle_set: str
         .unbatch(), records.decode_png)
     try:
         for images in dataset.as_numpy_iterator():
-            yield pending.popleft(), images
+            chunk = pending.popleft()
+            yield chunk, images[:len(chunk)]
     except tf.errors.InvalidArgumentError:
         if source_errors:
             raise source_errors[0] from None
@@ -249,19 +251,15 @@ def _decoded_png_files(chunks: Iterator[list[sources.SourceExample]], kaggle_set
     1.6x the throughput of the same files through a generator).
     """
     chunks = list(chunks)
-    paths = [example.image.path for chunk in chunks for example in chunk]
-    whole = len(paths) - len(paths) % _DECODE_GROUP
-    groups = (tf.data.Dataset.from_tensor_slices(tf.constant(paths[:whole], tf.string))
-              .batch(_DECODE_GROUP, drop_remainder=True)
-              .map(_read_and_decode_group, num_parallel_calls=_GROUP_CALLS, deterministic=True)
-              .unbatch())
-    rest = tf.data.Dataset.from_tensor_slices(tf.constant(paths[whole:], tf.string)).map(
-        _read_and_decode_png)
-    dataset = groups.concatenate(rest).batch(_DECODE_CHUNK).prefetch(1)
+    paths = [path for chunk in chunks
+             for path in _padded_to_groups([example.image.path for example in chunk])]
+    dataset = _decoding(tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)),
+                        _read_and_decode_png)
     decoded = 0
     try:
         for images in dataset.as_numpy_iterator():
-            yield chunks[decoded], images
+            chunk = chunks[decoded]
+            yield chunk, images[:len(chunk)]
             decoded += 1
     except tf.errors.OpError:
         # A file in the chunk being decoded is unreadable or broken.
@@ -274,7 +272,7 @@ def _read_png_files(chunks: Iterator[list[sources.SourceExample]]
     chunks = list(chunks)
     paths = [example.image.path for chunk in chunks for example in chunk]
     contents = (tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
-                .map(tf.io.read_file, num_parallel_calls=_DECODE_CALLS, deterministic=True)
+                .map(tf.io.read_file, num_parallel_calls=_READ_CALLS, deterministic=True)
                 .batch(_DECODE_CHUNK)
                 .prefetch(1))
     read = 0
@@ -289,23 +287,34 @@ def _read_png_files(chunks: Iterator[list[sources.SourceExample]]
         raise
 
 
-def _decoding(pngs: tf.data.Dataset, decode) -> tf.data.Dataset:
-    """PNGs (or their paths) to batches of _DECODE_CHUNK decoded images."""
+def _decoding(pngs: tf.data.Dataset, decode_one) -> tf.data.Dataset:
+    """PNGs (or their paths), chunks padded by `_padded_to_groups`, to the
+    chunks' decoded images, padding included: each batch one chunk.
+    """
+
+    def decode_group(group):
+        # One read and decode per image in the graph, run in parallel by TF.
+        return tf.stack([decode_one(png) for png in tf.unstack(group, num=_DECODE_GROUP)])
+
     return (pngs
-            # Measured on 2 cores: 4 calls in flight beat AUTOTUNE by 2x here.
-            .map(decode, num_parallel_calls=_DECODE_CALLS, deterministic=True)
-            .batch(_DECODE_CHUNK)
+            .batch(_DECODE_GROUP, drop_remainder=True)
+            .map(decode_group, num_parallel_calls=_GROUP_CALLS, deterministic=True)
+            .unbatch()
+            .batch(_padded_size(_DECODE_CHUNK))
             .prefetch(1))
+
+
+def _padded_to_groups(items: list) -> list:
+    """A chunk made a whole number of decoding groups, with copies of its last item."""
+    return items + items[-1:] * (_padded_size(len(items)) - len(items))
+
+
+def _padded_size(count: int) -> int:
+    return -(-count // _DECODE_GROUP) * _DECODE_GROUP
 
 
 def _read_and_decode_png(path: tf.Tensor) -> tf.Tensor:
     return records.decode_png(tf.io.read_file(path))
-
-
-def _read_and_decode_group(paths: tf.Tensor) -> tf.Tensor:
-    """_DECODE_GROUP files in one call: one read and decode each in the graph."""
-    return tf.stack([_read_and_decode_png(path)
-                     for path in tf.unstack(paths, num=_DECODE_GROUP)])
 
 
 def _check_signatures(chunk: list[sources.SourceExample], kaggle_set: str) -> None:
