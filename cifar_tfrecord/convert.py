@@ -32,11 +32,9 @@ from cifar_tfrecord.errors import UserInputError
 # Images handed to TF at a time: large enough that TF's per-call cost
 # vanishes, small enough that decoding overlaps reading.
 _DECODE_CHUNK = 1024
-# Files read at once for --encoding=png, which does not decode them.
-_READ_CALLS = 4
 # tf.data spends more per call of a map function than decoding a 32x32 PNG
-# takes: PNGs are decoded in groups, one call per group (measured: a quarter
-# less CPU per image than one call per image).
+# takes: PNGs are decoded (and files read) in groups, one call per group
+# (measured: a quarter less CPU per image than one call per image).
 _DECODE_GROUP = 16
 _GROUP_CALLS = 2
 _PROGRESS_SECONDS = 5.0
@@ -243,57 +241,58 @@ def _decoded_pngs(chunks: Iterator[list[sources.SourceExample]], kaggle_set: str
 
 def _decoded_png_files(chunks: Iterator[list[sources.SourceExample]], kaggle_set: str
                        ) -> Iterator[tuple[list[sources.SourceExample], np.ndarray]]:
-    """Reads and decodes PNG files (`PngFile`), all in TF's C++ threads.
-
-    Every file is named before the first is read, so no Python generator
-    feeds the pipeline: one would stall it each time it waited for the
-    interpreter lock, which the caller holds while serializing (measured:
-    1.6x the throughput of the same files through a generator).
-    """
-    chunks = list(chunks)
-    paths = [path for chunk in chunks
-             for path in _padded_to_groups([example.image.path for example in chunk])]
-    dataset = _decoding(tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)),
-                        _read_and_decode_png)
-    decoded = 0
-    try:
-        for images in dataset.as_numpy_iterator():
-            chunk = chunks[decoded]
-            yield chunk, images[:len(chunk)]
-            decoded += 1
-    except tf.errors.OpError:
-        # A file in the chunk being decoded is unreadable or broken.
-        raise _explain_bad_png(itertools.chain(*chunks[decoded:]), kaggle_set) from None
+    """Reads and decodes PNG files (`PngFile`), all in TF's C++ threads."""
+    yield from _per_file_in_tf(chunks, _read_and_decode_png,
+                               lambda pending: _explain_bad_png(pending, kaggle_set))
 
 
 def _read_png_files(chunks: Iterator[list[sources.SourceExample]]
                     ) -> Iterator[list[sources.SourceExample]]:
     """The chunks with their PNG files read, by TF threads, ahead of the caller."""
+
+    def name_unreadable(pending):
+        for example in pending:
+            sources.png_bytes(example.image)  # Raises, naming the file.
+
+    for chunk, pngs in _per_file_in_tf(chunks, tf.io.read_file, name_unreadable):
+        yield [sources.SourceExample(example.id, png, example.label)
+               for example, png in zip(chunk, pngs.tolist())]
+
+
+def _per_file_in_tf(chunks: Iterator[list[sources.SourceExample]], per_file, explain
+                    ) -> Iterator[tuple[list[sources.SourceExample], np.ndarray]]:
+    """Yields each chunk of `PngFile`s with `per_file` of each of its paths.
+
+    Every file is named before the first is read, so no Python generator
+    feeds the pipeline: one would stall it each time it waited for the
+    interpreter lock, which the caller holds while serializing (measured:
+    1.6x the throughput of the same files through a generator). On an error,
+    `explain(examples from the failing chunk on)` returns or raises the
+    error to report.
+    """
     chunks = list(chunks)
-    paths = [example.image.path for chunk in chunks for example in chunk]
-    contents = (tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
-                .map(tf.io.read_file, num_parallel_calls=_READ_CALLS, deterministic=True)
-                .batch(_DECODE_CHUNK)
-                .prefetch(1))
-    read = 0
+    paths = [path for chunk in chunks
+             for path in _padded_to_groups([example.image.path for example in chunk])]
+    dataset = _decoding(tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)),
+                        per_file)
+    done = 0
     try:
-        for pngs in contents.as_numpy_iterator():
-            yield [sources.SourceExample(example.id, png, example.label)
-                   for example, png in zip(chunks[read], pngs.tolist())]
-            read += 1
-    except tf.errors.OpError:
-        for example in itertools.chain(*chunks[read:]):
-            sources.png_bytes(example.image)  # Names the unreadable file.
-        raise
+        for results in dataset.as_numpy_iterator():
+            chunk = chunks[done]
+            yield chunk, results[:len(chunk)]
+            done += 1
+    except tf.errors.OpError as error:
+        raise explain(itertools.chain(*chunks[done:])) or error from None
 
 
 def _decoding(pngs: tf.data.Dataset, decode_one) -> tf.data.Dataset:
     """PNGs (or their paths), chunks padded by `_padded_to_groups`, to the
-    chunks' decoded images, padding included: each batch one chunk.
+    chunks' decoded images (or read files), padding included: each batch
+    one chunk.
     """
 
     def decode_group(group):
-        # One read and decode per image in the graph, run in parallel by TF.
+        # One op per image in the graph, run in parallel by TF.
         return tf.stack([decode_one(png) for png in tf.unstack(group, num=_DECODE_GROUP)])
 
     return (pngs
