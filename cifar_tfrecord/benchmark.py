@@ -6,6 +6,7 @@ the best kept. Nothing here is a test: timing never gates the test suite.
 """
 
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -58,6 +59,20 @@ def best_time(function: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
+def best_times_in_turns(functions: dict[str, Callable[[], object]],
+                        repeats: int) -> dict[str, float]:
+    """The best time of each function, over `repeats` rounds of one call each.
+
+    Taken in turns, no function gets all the quiet (or busy) moments of a
+    shared machine, so their ratios hold even when its speed changes.
+    """
+    seconds = dict.fromkeys(functions, float('inf'))
+    for _ in range(repeats):
+        for name, function in functions.items():
+            seconds[name] = min(seconds[name], best_time(function, repeats=1))
+    return seconds
+
+
 def relative(name: str, images: int, seconds: float, baseline: Result) -> Result:
     speedup = baseline.seconds / seconds * images / baseline.images
     return Result(name, images, seconds, baseline.name, speedup)
@@ -80,16 +95,21 @@ def convert_suite(data_dir: str, repeats: int = 1) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix='cifar_benchmark_') as work_dir:
         _warm_up(work_dir)
         images = _count_images(zip_path)
-        decompress = Result('decompress_7z', images,
-                            best_time(lambda: _decompress(zip_path), repeats))
-        from_zip = best_time(lambda: _convert(zip_path, work_dir, 'raw'), repeats)
         extracted = _extract(zip_path, work_dir)
-        pil_loop = Result('pil_loop_extracted', images,
-                          best_time(lambda: _pil_loop(extracted), repeats))
-        results = [decompress, relative('convert_zip', images, from_zip, decompress), pil_loop]
+        seconds = best_times_in_turns({
+            'decompress_7z': lambda: _decompress(zip_path),
+            'convert_zip': lambda: _convert(zip_path, work_dir, 'raw'),
+            'pil_loop_extracted': lambda: _pil_loop(extracted),
+            'convert_extracted_raw': lambda: _convert(extracted, work_dir, 'raw'),
+            'convert_extracted_png': lambda: _convert(extracted, work_dir, 'png'),
+        }, repeats)
+        decompress = Result('decompress_7z', images, seconds['decompress_7z'])
+        pil_loop = Result('pil_loop_extracted', images, seconds['pil_loop_extracted'])
+        results = [decompress, relative('convert_zip', images, seconds['convert_zip'], decompress),
+                   pil_loop]
         for encoding in ('raw', 'png'):
-            seconds = best_time(lambda: _convert(extracted, work_dir, encoding), repeats)
-            results.append(relative(f'convert_extracted_{encoding}', images, seconds, pil_loop))
+            name = f'convert_extracted_{encoding}'
+            results.append(relative(name, images, seconds[name], pil_loop))
     return results
 
 
@@ -376,13 +396,9 @@ def train_suite(records_dir: str, batch_size: int = 256, image_size: int = 32,
                         train.resolve_jit_compile(config.jit_compile))
     for data in inputs.values():
         model.fit(data, steps_per_epoch=2, epochs=1, verbose=0)  # Warms up.
-    seconds = dict.fromkeys(inputs, float('inf'))
-    # Taken in turns, the best of each kept: neither input gets all the
-    # quiet (or busy) moments of the machine.
-    for _ in range(repeats):
-        for name, data in inputs.items():
-            seconds[name] = min(seconds[name], best_time(
-                lambda: model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0), repeats=1))
+    seconds = best_times_in_turns(
+        {name: functools.partial(model.fit, data, steps_per_epoch=steps, epochs=1, verbose=0)
+         for name, data in inputs.items()}, repeats)
     synthetic = Result('train_synthetic', steps * batch_size, seconds['train_synthetic'])
     return [synthetic, relative('train_pipeline', steps * batch_size, seconds['train_pipeline'],
                                 synthetic)]

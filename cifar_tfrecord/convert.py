@@ -29,9 +29,9 @@ from cifar_tfrecord import sources
 from cifar_tfrecord.config import ConvertConfig
 from cifar_tfrecord.errors import UserInputError
 
-# Images handed to TF at a time: large enough that TF's per-call cost
-# vanishes, small enough that decoding overlaps reading.
-_DECODE_CHUNK = 1024
+# Images per source batch, handed to TF at a time: large enough that TF's
+# per-call cost vanishes, small enough that decoding overlaps reading.
+_BATCH_SIZE = 1024
 # tf.data spends more per call of a map function than decoding a 32x32 PNG
 # takes: PNGs are decoded (and files read) in groups, one call per group.
 _DECODE_GROUP = 16
@@ -73,14 +73,14 @@ def convert(config: ConvertConfig) -> records.Manifest:
             f'{config.output_dir} already holds records made from other input or flags; '
             'pass --overwrite to replace them, or choose another --output_dir')
     with _StagedWriter(config) as writer:
-        train = load_set(source.examples('train'), config.encoding, 'train')
+        train = load_set(source.batches('train', _BATCH_SIZE), config.encoding, 'train')
         train_indices, validation_indices = split_train(
             train, config.validation_fraction, config.seed)
         # Shards are written while the next set is read.
         writer.stage('train', train, train_indices)
         writer.stage('validation', train, validation_indices)
         if 'test' in source.sets():
-            test = load_set(source.examples('test'), config.encoding, 'test')
+            test = load_set(source.batches('test', _BATCH_SIZE), config.encoding, 'test')
             writer.stage('test', test, np.arange(len(test.ids)))
         return writer.commit(provenance, existing)
 
@@ -123,7 +123,7 @@ def _options(config: ConvertConfig) -> dict:
 # Loading: decode and check every image, overlapped with reading.
 
 
-def load_set(examples: Iterable[sources.SourceExample], encoding: str,
+def load_set(batches: Iterable[sources.SourceBatch], encoding: str,
              kaggle_set: str) -> LoadedSet:
     """Decodes or checks, then serializes, a set's images, in memory.
 
@@ -132,177 +132,102 @@ def load_set(examples: Iterable[sources.SourceExample], encoding: str,
     and each file's structure is checked instead (see `png_size`).
     """
     progress = _Progress(kaggle_set)
-    parts = []
-    for chunk, images in _decoded(_chunks(examples, _DECODE_CHUNK), encoding, kaggle_set):
-        parts.append(_serialize(chunk, images, encoding))
-        progress.update(len(chunk))
+    ids, labels, serialized = [], [], []
+    for batch, payloads in _payloads(iter(batches), encoding, kaggle_set):
+        serialized += records.serialize_examples(encoding, batch.ids, payloads, batch.labels)
+        ids += batch.ids
+        labels.append(batch.labels)
+        progress.update(len(batch.ids))
     progress.done()
-    if not parts:
+    if not ids:
         raise UserInputError(f'{kaggle_set}: the source holds no images')
-    return LoadedSet(
-        ids=[image_id for part in parts for image_id in part.ids],
-        labels=np.concatenate([part.labels for part in parts]),
-        records=[record for part in parts for record in part.records])
+    return LoadedSet(ids, np.concatenate(labels), serialized)
 
 
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def _payloads(batches: Iterator[sources.SourceBatch], encoding: str, kaggle_set: str
+              ) -> Iterator[tuple[sources.SourceBatch, list[bytes]]]:
+    """Yields each batch with the image bytes its records hold: the pixels
+    (raw) or a checked PNG file (png)."""
+    for batch, images in _decoded(batches, encoding, kaggle_set):
+        if encoding == 'raw':
+            yield batch, [image.tobytes() for image in images]
+        else:
+            yield batch, images
 
 
-def _serialize(chunk: list[sources.SourceExample], images: np.ndarray | None,
-               encoding: str) -> LoadedSet:
-    ids = [example.id for example in chunk]
-    labels = np.array([example.label for example in chunk], dtype=np.int64)
-    if encoding == 'raw':
-        payloads = [image.tobytes() for image in images]
-    elif isinstance(chunk[0].image, bytes):
-        payloads = [example.image for example in chunk]  # The original bytes.
-    else:
-        payloads = _encode_pngs(images)
-    serialized = [records.serialize_example(encoding, image_id, payload, int(label))
-                  for image_id, payload, label in zip(ids, payloads, labels)]
-    return LoadedSet(ids, labels, serialized)
-
-
-def _decoded(chunks: Iterator[list[sources.SourceExample]], encoding: str, kaggle_set: str
-             ) -> Iterator[tuple[list[sources.SourceExample], np.ndarray | None]]:
-    """Yields each chunk with its (n, 32, 32, 3) uint8 pixels.
-
-    PNGs kept as PNGs are checked, not decoded, and come with None.
+def _decoded(batches: Iterator[sources.SourceBatch], encoding: str, kaggle_set: str
+             ) -> Iterator[tuple[sources.SourceBatch, np.ndarray | list[bytes]]]:
+    """Yields each batch with its (n, 32, 32, 3) uint8 pixels, or with
+    'png', its checked PNGs, which are not decoded.
     """
-    first = next(chunks, None)
+    first = next(batches, None)
     if first is None:
         return
-    chunks = itertools.chain([first], chunks)
-    if isinstance(first[0].image, np.ndarray):  # Pixels already (tfds).
-        for chunk in chunks:
-            images = np.stack([example.image for example in chunk])
-            _check_sizes([example.id for example in chunk],
-                         np.array([image.shape[:2] for image in images]), kaggle_set)
-            yield chunk, images
+    batches = itertools.chain([first], batches)
+    if isinstance(first.images, np.ndarray):  # Pixels already (tfds).
+        for batch in batches:
+            _check_sizes(batch.ids, np.array([batch.images.shape[1:3]] * len(batch.ids)),
+                         kaggle_set)
+            yield batch, batch.images if encoding == 'raw' else _encode_pngs(batch.images)
     elif encoding == 'png':
-        if isinstance(first[0].image, sources.PngFile):
-            chunks = _read_png_files(chunks)
-        for chunk in chunks:
-            _check_png_structures(chunk, kaggle_set)
-            yield chunk, None
-    elif isinstance(first[0].image, sources.PngFile):
-        yield from _decoded_png_files(chunks, kaggle_set)
+        for batch in batches:
+            _check_png_structures(batch.ids, batch.images, kaggle_set)
+            yield batch, batch.images
     else:
-        yield from _decoded_pngs(chunks, kaggle_set)
+        yield from _decoded_pngs(batches, kaggle_set)
 
 
-def _decoded_pngs(chunks: Iterator[list[sources.SourceExample]], kaggle_set: str
-                  ) -> Iterator[tuple[list[sources.SourceExample], np.ndarray]]:
+def _decoded_pngs(batches: Iterator[sources.SourceBatch], kaggle_set: str
+                  ) -> Iterator[tuple[sources.SourceBatch, np.ndarray]]:
     """Decodes PNG bytes in one long tf.data pipeline, in parallel C++ threads.
 
-    The source is read inside the pipeline's generator while earlier chunks
-    decode, and the caller serializes what comes out: reading, decoding and
-    serializing overlap on two cores.
+    The source is read (files, or archives) inside the pipeline's generator
+    while earlier batches decode, and the caller serializes what comes out:
+    reading, decoding and serializing overlap on two cores.
     """
-    pending = collections.deque()  # Chunks handed to TF, not yet decoded.
+    pending = collections.deque()  # Batches handed to TF, not yet decoded.
     source_errors = []
 
     def png_batches():
         try:
-            for chunk in chunks:
-                _check_signatures(chunk, kaggle_set)
-                pending.append(chunk)
-                yield _padded_to_groups([example.image for example in chunk])
+            for batch in batches:
+                _check_signatures(batch.ids, batch.images, kaggle_set)
+                pending.append(batch)
+                yield _padded_to_groups(batch.images)
         except Exception as error:  # Raised again below, as itself.
             source_errors.append(error)
 
-    dataset = _decoding(
+    dataset = (
         tf.data.Dataset.from_generator(
             png_batches, output_signature=tf.TensorSpec([None], tf.string))
-        # The generator runs chunks ahead, so decoding never waits on reading.
+        # The generator runs batches ahead, so decoding never waits on reading.
         .prefetch(4)
-        .unbatch(), records.decode_png)
+        .unbatch()
+        .batch(_DECODE_GROUP, drop_remainder=True)
+        .map(_decode_group, num_parallel_calls=_GROUP_CALLS, deterministic=True)
+        .unbatch()
+        .batch(_padded_size(_BATCH_SIZE))  # Back to the source's batches, padded.
+        .prefetch(1))
     try:
         for images in dataset.as_numpy_iterator():
-            chunk = pending.popleft()
-            yield chunk, images[:len(chunk)]
+            batch = pending.popleft()
+            yield batch, images[:len(batch.ids)]
     except tf.errors.InvalidArgumentError:
         if source_errors:
             raise source_errors[0] from None
-        # Some image in a pending chunk is broken; find which, and how.
-        raise _explain_bad_png(itertools.chain(*pending), kaggle_set) from None
+        # Some image in a pending batch is broken; find which, and how.
+        raise _explain_bad_png(pending, kaggle_set) from None
     if source_errors:
         raise source_errors[0]
 
 
-def _decoded_png_files(chunks: Iterator[list[sources.SourceExample]], kaggle_set: str
-                       ) -> Iterator[tuple[list[sources.SourceExample], np.ndarray]]:
-    """Reads and decodes PNG files (`PngFile`), all in TF's C++ threads."""
-    yield from _per_file_in_tf(chunks, _read_and_decode_png,
-                               lambda pending: _explain_bad_png(pending, kaggle_set))
-
-
-def _read_png_files(chunks: Iterator[list[sources.SourceExample]]
-                    ) -> Iterator[list[sources.SourceExample]]:
-    """The chunks with their PNG files read, by TF threads, ahead of the caller."""
-
-    def name_unreadable(pending):
-        for example in pending:
-            sources.png_bytes(example.image)  # Raises, naming the file.
-
-    for chunk, pngs in _per_file_in_tf(chunks, tf.io.read_file, name_unreadable):
-        yield [sources.SourceExample(example.id, png, example.label)
-               for example, png in zip(chunk, pngs.tolist())]
-
-
-def _per_file_in_tf(chunks: Iterator[list[sources.SourceExample]], per_file, explain
-                    ) -> Iterator[tuple[list[sources.SourceExample], np.ndarray]]:
-    """Yields each chunk of `PngFile`s with `per_file` of each of its paths.
-
-    Every file is named before the first is read, so no Python generator
-    feeds the pipeline: one would stall it each time it waited for the
-    interpreter lock, which the caller holds while serializing. On an error,
-    `explain(examples from the failing chunk on)` returns or raises the
-    error to report.
-    """
-    chunks = list(chunks)
-    paths = [path for chunk in chunks
-             for path in _padded_to_groups([example.image.path for example in chunk])]
-    dataset = _decoding(tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)),
-                        per_file)
-    done = 0
-    try:
-        for results in dataset.as_numpy_iterator():
-            chunk = chunks[done]
-            yield chunk, results[:len(chunk)]
-            done += 1
-    except tf.errors.OpError as error:
-        raise explain(itertools.chain(*chunks[done:])) or error from None
-
-
-def _decoding(pngs: tf.data.Dataset, decode_one) -> tf.data.Dataset:
-    """PNGs (or their paths), chunks padded by `_padded_to_groups`, to the
-    chunks' decoded images (or read files), padding included: each batch
-    one chunk.
-    """
-
-    def decode_group(group):
-        # One op per image in the graph, run in parallel by TF.
-        return tf.stack([decode_one(png) for png in tf.unstack(group, num=_DECODE_GROUP)])
-
-    return (pngs
-            .batch(_DECODE_GROUP, drop_remainder=True)
-            .map(decode_group, num_parallel_calls=_GROUP_CALLS, deterministic=True)
-            .unbatch()
-            .batch(_padded_size(_DECODE_CHUNK))
-            .prefetch(1))
+def _decode_group(pngs: tf.Tensor) -> tf.Tensor:
+    # One op per image in the graph, run in parallel by TF.
+    return tf.stack([records.decode_png(png) for png in tf.unstack(pngs, num=_DECODE_GROUP)])
 
 
 def _padded_to_groups(items: list) -> list:
-    """A chunk made a whole number of decoding groups, with copies of its last item."""
+    """A batch made a whole number of decoding groups, with copies of its last item."""
     return items + items[-1:] * (_padded_size(len(items)) - len(items))
 
 
@@ -310,13 +235,9 @@ def _padded_size(count: int) -> int:
     return -(-count // _DECODE_GROUP) * _DECODE_GROUP
 
 
-def _read_and_decode_png(path: tf.Tensor) -> tf.Tensor:
-    return records.decode_png(tf.io.read_file(path))
-
-
-def _check_signatures(chunk: list[sources.SourceExample], kaggle_set: str) -> None:
-    for example in chunk:
-        _check_signature(example.id, example.image, kaggle_set)
+def _check_signatures(ids: list[str], pngs: list[bytes], kaggle_set: str) -> None:
+    for image_id, png in zip(ids, pngs):
+        _check_signature(image_id, png, kaggle_set)
 
 
 def _check_signature(image_id: str, png: bytes, kaggle_set: str) -> None:
@@ -324,16 +245,16 @@ def _check_signature(image_id: str, png: bytes, kaggle_set: str) -> None:
         raise UserInputError(f'{kaggle_set}: image {image_id}.png is not a PNG file')
 
 
-def _check_png_structures(chunk: list[sources.SourceExample], kaggle_set: str) -> None:
-    _check_signatures(chunk, kaggle_set)
+def _check_png_structures(ids: list[str], pngs: list[bytes], kaggle_set: str) -> None:
+    _check_signatures(ids, pngs, kaggle_set)
     sizes = []
-    for example in chunk:
+    for image_id, png in zip(ids, pngs):
         try:
-            sizes.append(png_size(example.image))
+            sizes.append(png_size(png))
         except ValueError as error:
             raise UserInputError(
-                f'{kaggle_set}: image {example.id}.png is a broken PNG ({error})') from None
-    _check_sizes([example.id for example in chunk], np.array(sizes), kaggle_set)
+                f'{kaggle_set}: image {image_id}.png is a broken PNG ({error})') from None
+    _check_sizes(ids, np.array(sizes), kaggle_set)
 
 
 def png_size(png: bytes) -> tuple[int, int]:
@@ -370,18 +291,18 @@ def png_size(png: bytes) -> tuple[int, int]:
     return height, width
 
 
-def _explain_bad_png(examples: Iterable[sources.SourceExample],
+def _explain_bad_png(batches: Iterable[sources.SourceBatch],
                      kaggle_set: str) -> UserInputError:
-    for example in examples:
-        png = sources.png_bytes(example.image)
-        _check_signature(example.id, png, kaggle_set)
-        try:
-            image = tf.io.decode_png(png, channels=records.IMAGE_SHAPE[-1])
-        except tf.errors.InvalidArgumentError as error:
-            reason = error.message.split('[Op')[0].strip().splitlines()[-1]
-            return UserInputError(
-                f'{kaggle_set}: image {example.id}.png does not decode ({reason})')
-        _check_sizes([example.id], np.array([image.shape[:2]]), kaggle_set)
+    for batch in batches:
+        for image_id, image in zip(batch.ids, batch.images):
+            _check_signature(image_id, image, kaggle_set)
+            try:
+                decoded = tf.io.decode_png(image, channels=records.IMAGE_SHAPE[-1])
+            except tf.errors.InvalidArgumentError as error:
+                reason = error.message.split('[Op')[0].strip().splitlines()[-1]
+                return UserInputError(
+                    f'{kaggle_set}: image {image_id}.png does not decode ({reason})')
+            _check_sizes([image_id], np.array([decoded.shape[:2]]), kaggle_set)
     return UserInputError(f'{kaggle_set}: a PNG does not decode')
 
 

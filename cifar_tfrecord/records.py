@@ -1,7 +1,7 @@
 """The record schema, the shard writer, the manifest and the readers.
 
 This module is the only place that knows how a CIFAR-10 example is laid out in
-a TFRecord. The schema below drives both the writer (`serialize_example`) and
+a TFRecord. The schema below drives both the writer (`serialize_examples`) and
 the parser (`parse_examples`), and the manifest is the only way readers find
 shards: nothing globs a folder.
 
@@ -73,38 +73,48 @@ def _check_encoding(encoding: str) -> None:
             f'unknown encoding {encoding!r}: use one of {", ".join(ENCODINGS)}')
 
 
-def serialize_example(encoding: str, example_id: str, image: bytes,
-                      label: int) -> bytes:
-    """One record as a serialized tf.train.Example.
+def serialize_examples(encoding: str, example_ids: list[str], images: list[bytes],
+                       labels: np.ndarray) -> list[bytes]:
+    """Records as serialized tf.train.Examples, one per (id, image, label).
 
     Args:
-        encoding: 'raw' (image is the 3072 uint8 pixels) or 'png' (PNG bytes).
-        example_id: the Kaggle id, or the tfds id.
-        image: the image bytes in that encoding.
-        label: a class index, or UNKNOWN_LABEL, which is left out of the record.
+        encoding: 'raw' (each image is its 3072 uint8 pixels) or 'png' (PNG bytes).
+        example_ids: the Kaggle ids, or the tfds ids.
+        images: the image bytes in that encoding.
+        labels: class indices, or UNKNOWN_LABEL, which leaves the label out.
     """
-    values = {'image': image, 'format': encoding.encode(), 'label': label,
-              'id': example_id.encode()}
-    example = tf.train.Example()
-    # Filling the message in place is three times faster than nesting
-    # constructors, which matters at 50,000 records.
-    features = example.features.feature
-    for name, key, is_bytes in _writer_plan(encoding):
-        value = values[name]
-        if name == 'label' and value == UNKNOWN_LABEL:
-            continue  # An unlabelled image has no label feature at all.
-        if is_bytes:
-            features[key].bytes_list.value.append(value)
-        else:
-            features[key].int64_list.value.append(value)
-    return example.SerializeToString()
+    labelled, unlabelled = _Record(encoding, labelled=True), _Record(encoding, labelled=False)
+    return [(unlabelled if label == UNKNOWN_LABEL else labelled).serialize(example_id, image, label)
+            for example_id, image, label in zip(example_ids, images, labels.tolist())]
 
 
-@functools.cache
-def _writer_plan(encoding: str) -> tuple[tuple[str, str, bool], ...]:
-    """(name, key, is_bytes) per field: the schema, resolved once."""
-    return tuple((name, field.key, field.dtype == tf.string)
-                 for name, field in schema(encoding).items())
+class _Record:
+    """One tf.train.Example with the schema's features, refilled per record.
+
+    Refilling one message costs half of what building one per record does,
+    which matters at 60,000 records.
+    """
+
+    def __init__(self, encoding: str, labelled: bool):
+        self._example = tf.train.Example()
+        self._values = {}
+        for name, field in schema(encoding).items():
+            if name == 'label' and not labelled:
+                continue  # An unlabelled image has no label feature at all.
+            feature = self._example.features.feature[field.key]
+            is_bytes = field.dtype == tf.string
+            values = (feature.bytes_list if is_bytes else feature.int64_list).value
+            # Set per record, except 'format', which keeps its default.
+            values.append(field.default if field.default is not None else (b'' if is_bytes else 0))
+            self._values[name] = values
+
+    def serialize(self, example_id: str, image: bytes, label: int) -> bytes:
+        self._values['id'][0] = example_id.encode()
+        self._values['image'][0] = image
+        if 'label' in self._values:
+            self._values['label'][0] = label
+        # Map entries in a fixed order: the same input gives the same bytes.
+        return self._example.SerializeToString(deterministic=True)
 
 
 def feature_spec(encoding: str) -> dict[str, tf.io.FixedLenFeature]:

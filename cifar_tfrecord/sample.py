@@ -140,8 +140,8 @@ class SampleSource:
     def sets(self) -> tuple[str, ...]:
         return sources.KAGGLE_SETS
 
-    def examples(self, kaggle_set: str) -> Iterator[sources.SourceExample]:
-        return self._kaggle_layout().examples(kaggle_set)
+    def batches(self, kaggle_set: str, batch_size: int) -> Iterator[sources.SourceBatch]:
+        return self._kaggle_layout().batches(kaggle_set, batch_size)
 
     def _kaggle_layout(self) -> sources.KaggleLayout:
         if self._layout is None:

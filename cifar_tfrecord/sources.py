@@ -1,15 +1,17 @@
 """Where CIFAR-10 comes from: Kaggle, a local folder, tensorflow-datasets, or
 the generated offline sample.
 
-Every source yields `SourceExample(id, image, label)` for Kaggle's two sets,
-'train' and 'test'. `image` is PNG bytes (archives), a `PngFile` not read
-yet (extracted folders) or a uint8 array (tfds); `label` is an index into
-CLASS_NAMES, or UNKNOWN_LABEL. Sources know
-nothing of TFRecords: splitting, sharding and writing belong to the converter.
+Every source yields Kaggle's two sets, 'train' and 'test', as
+`SourceBatch(ids, images, labels)`: runs of consecutive images, column by
+column, which costs less Python per image than one object each. `images`
+holds PNG files' bytes (Kaggle's layouts) or uint8 pixels (tfds); `labels`
+holds indices into CLASS_NAMES, or UNKNOWN_LABEL. Sources know nothing of TFRecords: splitting,
+sharding and writing belong to the converter.
 """
 
 import csv
 import io
+import itertools
 import os
 import pathlib
 import re
@@ -29,41 +31,13 @@ COMPETITION_ZIP = 'cifar-10.zip'
 LABELS_CSV = 'trainLabels.csv'
 SAMPLE_SUBMISSION_CSV = 'sampleSubmission.csv'
 RULES_URL = 'https://www.kaggle.com/c/cifar-10/rules'
-# Images leave tf.data iterators in batches: one call per image costs more.
-_HANDOFF_BATCH = 256
 
 
-class PngFile(NamedTuple):
-    """A PNG file, left for the converter's TensorFlow threads to read.
-
-    Reading 50,000 small files in Python would hold the interpreter lock
-    longer than decoding them takes.
-    """
-    path: str
-
-    def read(self) -> bytes:
-        # Python's own open() costs less than gfile's per small file; gfile
-        # is still there for remote storage (gs://).
-        try:
-            if '://' in self.path:
-                with tf.io.gfile.GFile(self.path, 'rb') as file:
-                    return file.read()
-            with open(self.path, 'rb') as file:
-                return file.read()
-        except (OSError, tf.errors.OpError) as error:
-            reason = getattr(error, 'strerror', None) or getattr(error, 'message', error)
-            raise UserInputError(f'cannot read {self.path}: {reason}') from None
-
-
-class SourceExample(NamedTuple):
-    id: str
-    image: bytes | PngFile | np.ndarray
-    label: int
-
-
-def png_bytes(image: bytes | PngFile) -> bytes:
-    """The bytes of a PNG, read from its file if need be."""
-    return image.read() if isinstance(image, PngFile) else image
+class SourceBatch(NamedTuple):
+    """Consecutive images of one set, column by column."""
+    ids: list[str]
+    images: list[bytes] | np.ndarray  # PNG files, or (n, 32, 32, 3) uint8 pixels
+    labels: np.ndarray  # int64, UNKNOWN_LABEL where unlabelled
 
 
 # ----------------------------------------------------------------------------
@@ -98,21 +72,16 @@ class KaggleLayout:
         return {'kind': 'kaggle_layout', 'path': os.path.abspath(self.path),
                 'files': self._files.fingerprint()}
 
-    def examples(self, kaggle_set: str) -> Iterator[SourceExample]:
+    def batches(self, kaggle_set: str, batch_size: int) -> Iterator[SourceBatch]:
         """Yields the set's images with their labels (train) or without (test)."""
-        images = self._images(kaggle_set)
-        if kaggle_set == 'test':
-            return (SourceExample(image_id, png, records.UNKNOWN_LABEL)
-                    for image_id, png in images)
-        labels = read_labels(self._files.read_text(LABELS_CSV), self._location(LABELS_CSV))
-        return _attach_labels(images, labels, self._location(kaggle_set))
-
-    def _images(self, kaggle_set: str) -> Iterator[tuple[str, bytes | PngFile]]:
+        labels = None
+        if kaggle_set == 'train':
+            labels = read_labels(self._files.read_text(LABELS_CSV), self._location(LABELS_CSV))
         if self._extracted:
             named = self._files.read_folder(kaggle_set)
         else:
             named = self._stream_7z(f'{kaggle_set}.7z')
-        return _unique_ids(named, self._location(kaggle_set))
+        return _batches(named, labels, batch_size, self._location(kaggle_set))
 
     def _stream_7z(self, name: str) -> Iterator[tuple[str, bytes]]:
         location = self._location(name)
@@ -156,35 +125,47 @@ def read_labels(text: str, location: str) -> dict[str, int]:
     return labels
 
 
-def _attach_labels(images: Iterator[tuple[str, bytes | PngFile]], labels: dict[str, int],
-                   location: str) -> Iterator[SourceExample]:
-    unseen = set(labels)
-    for image_id, png in images:
-        if image_id not in labels:
-            raise UserInputError(
-                f'{location}: image {image_id}.png has no row in {LABELS_CSV}')
-        unseen.discard(image_id)
-        yield SourceExample(image_id, png, labels[image_id])
-    if unseen:
-        missing = sorted(unseen, key=id_sort_key)
+def _batches(named: Iterator[tuple[str, bytes]], labels: dict[str, int] | None,
+             batch_size: int, location: str) -> Iterator[SourceBatch]:
+    """Groups `(file name, image)` pairs into batches with ids and labels.
+
+    `train/123.png` has the id '123'. Refuses a duplicate id and, given the
+    CSV's `labels`, an image without a row or a row without an image.
+    """
+    named = ((name, image) for name, image in named
+             # Stray files (.DS_Store, notes) are not images.
+             if name.lower().endswith('.png'))
+    seen = set()
+    while group := list(itertools.islice(named, batch_size)):
+        ids = _unique_ids([name for name, _ in group], seen, location)
+        yield SourceBatch(ids, [image for _, image in group], _labels_of(ids, labels, location))
+    if labels is not None and len(seen) < len(labels):
+        missing = sorted(labels.keys() - seen, key=id_sort_key)
         raise UserInputError(
             f'{LABELS_CSV}: id {missing[0]} has no image in {location}'
             + (f' ({len(missing) - 1} more ids too)' if len(missing) > 1 else ''))
 
 
-def _unique_ids(named: Iterator[tuple[str, bytes | PngFile]],
-                location: str) -> Iterator[tuple[str, bytes | PngFile]]:
-    """Turns `train/123.png` entries into id '123', refusing duplicates."""
-    seen = set()
-    for name, data in named:
-        base = name.rsplit('/', 1)[-1]
-        if not base.lower().endswith('.png'):
-            continue  # Stray files (.DS_Store, notes) are not images.
-        image_id = base[:-len('.png')]
+def _unique_ids(names: list[str], seen: set[str], location: str) -> list[str]:
+    """The ids of `names`, added to `seen`; an id seen before is refused."""
+    ids = []
+    for name in names:
+        image_id = name.rsplit('/', 1)[-1][:-len('.png')]
         if image_id in seen:
             raise UserInputError(f'{location}: duplicate id {image_id} ({name})')
         seen.add(image_id)
-        yield image_id, data
+        ids.append(image_id)
+    return ids
+
+
+def _labels_of(ids: list[str], labels: dict[str, int] | None, location: str) -> np.ndarray:
+    if labels is None:
+        return np.full(len(ids), records.UNKNOWN_LABEL, np.int64)
+    try:
+        return np.array([labels[image_id] for image_id in ids], np.int64)
+    except KeyError as error:
+        raise UserInputError(
+            f'{location}: image {error.args[0]}.png has no row in {LABELS_CSV}') from None
 
 
 def id_sort_key(image_id: str) -> tuple:
@@ -248,15 +229,29 @@ class _Folder:
             entries.append([name.rstrip('/'), stat.length, stat.mtime_nsec])
         return entries
 
-    def read_folder(self, name: str) -> Iterator[tuple[str, PngFile]]:
-        """Yields `(file name, PngFile)` for every file of a subfolder."""
+    def read_folder(self, name: str) -> Iterator[tuple[str, bytes]]:
+        """Yields `(file name, bytes)` for every file of a subfolder, read lazily."""
         folder = os.path.join(self.path, name)
         names = [file for file in tf.io.gfile.listdir(folder) if not file.endswith('/')]
         if not names:
             raise UserInputError(f'{folder} holds no images')
         prefix = folder.rstrip('/') + '/'  # Cheaper than os.path.join per file.
         for file in names:
-            yield file, PngFile(prefix + file)
+            yield file, _read_file(prefix + file)
+
+
+def _read_file(path: str) -> bytes:
+    # Python's own open() costs less than gfile's per small file; gfile is
+    # still there for remote storage (gs://).
+    try:
+        if '://' in path:
+            with tf.io.gfile.GFile(path, 'rb') as file:
+                return file.read()
+        with open(path, 'rb') as file:
+            return file.read()
+    except (OSError, tf.errors.OpError) as error:
+        reason = getattr(error, 'strerror', None) or getattr(error, 'message', error)
+        raise UserInputError(f'cannot read {path}: {reason}') from None
 
 
 class _Zip:
@@ -390,9 +385,8 @@ class TfdsSource:
         return {'kind': 'tfds', 'name': self._builder.name,
                 'version': str(self._builder.version)}
 
-    def examples(self, kaggle_set: str) -> Iterator[SourceExample]:
-        dataset = self._datasets[kaggle_set].batch(_HANDOFF_BATCH)
-        for example in dataset.as_numpy_iterator():
-            for image_id, image, label in zip(
-                    example['id'], example['image'], example['label']):
-                yield SourceExample(image_id.decode(), image, int(label))
+    def batches(self, kaggle_set: str, batch_size: int) -> Iterator[SourceBatch]:
+        dataset = self._datasets[kaggle_set].batch(batch_size)
+        for batch in dataset.as_numpy_iterator():
+            yield SourceBatch([image_id.decode() for image_id in batch['id']], batch['image'],
+                              batch['label'].astype(np.int64))

@@ -42,9 +42,9 @@ def _tree_digest(folder) -> dict:
 def test_pixels_labels_and_ids_round_trip_exactly(tmp_path, kaggle_zip, small_sample, monkeypatch,
                                                   encoding, layout):
     train, labels, test = small_sample
-    # Chunks of 24 images: several per set, none a whole number of the
-    # groups extracted files are decoded in, so every boundary is crossed.
-    monkeypatch.setattr(convert_lib, '_DECODE_CHUNK', 24)
+    # Batches of 24 images: several per set, none a whole number of the
+    # groups PNGs are decoded in, so every boundary is crossed.
+    monkeypatch.setattr(convert_lib, '_BATCH_SIZE', 24)
     data = (kaggle_zip if layout == 'zip'
             else _extracted_folder(tmp_path / 'extracted', small_sample))
     output = tmp_path / 'records'
@@ -287,7 +287,7 @@ def _extracted_folder(folder, small_sample, *, train=None, labels_csv=None):
 
 
 # An extracted folder can hold the cases that are not about archives; its
-# images go another way (TensorFlow reads the files), so both are tested.
+# images are read another way (from files), so both are tested.
 EXTRACTED_CASE_NAMES = ['undecodable png', 'not a png', 'wrong size', 'csv id without image',
                         'image without csv row', 'duplicate csv id', 'label outside the classes']
 

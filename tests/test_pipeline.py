@@ -43,9 +43,9 @@ def test_stages_agree_eagerly_and_in_tf_data(name, function, inputs):
 def test_parse_agrees_eagerly_and_in_tf_data():
     # dtype=object: numpy's fixed-width bytes would drop a record's trailing
     # zero bytes (a label 0 serialized last), and the record would not parse.
-    serialized = np.array([records.serialize_example('raw', str(index), image.tobytes(), int(label))
-                           for index, (image, label) in enumerate(zip(IMAGES, LABELS))],
-                          dtype=object)
+    serialized = np.array(records.serialize_examples(
+        'raw', [str(index) for index in range(len(IMAGES))],
+        [image.tobytes() for image in IMAGES], np.asarray(LABELS, np.int64)), dtype=object)
     eager, in_graph = _eager_and_in_tf_data(lambda batch: pipeline.parse(batch, 'raw'), serialized)
     for result in (eager, in_graph):
         np.testing.assert_array_equal(result[0], IMAGES)

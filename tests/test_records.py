@@ -17,7 +17,7 @@ def _image(seed: int) -> np.ndarray:
 
 def _serialized(encoding: str, image: np.ndarray, label: int, example_id: str = '7') -> bytes:
     payload = tf.io.encode_png(image).numpy() if encoding == 'png' else image.tobytes()
-    return records.serialize_example(encoding, example_id, payload, label)
+    return records.serialize_examples(encoding, [example_id], [payload], np.array([label]))[0]
 
 
 @pytest.mark.parametrize('encoding', records.ENCODINGS)

@@ -12,9 +12,15 @@ from cifar_tfrecord import sources
 from cifar_tfrecord.errors import UserInputError
 
 
-def _examples(layout, kaggle_set):
-    return {example.id: (sources.png_bytes(example.image), example.label)
-            for example in layout.examples(kaggle_set)}
+def _examples(source, kaggle_set, batch_size=5):
+    """{id: (image, label)} of a set, checking that batches are columns of one length."""
+    examples = {}
+    for batch in source.batches(kaggle_set, batch_size):
+        assert 0 < len(batch.ids) == len(batch.images) == len(batch.labels) <= batch_size
+        examples.update((image_id, (image, int(label))) for image_id, image, label
+                        in zip(batch.ids, batch.images, batch.labels))
+    assert examples
+    return examples
 
 
 def test_zip_7z_folder_and_extracted_pngs_give_the_same_examples(tmp_path, kaggle_zip, small_sample):
@@ -34,8 +40,8 @@ def test_zip_7z_folder_and_extracted_pngs_give_the_same_examples(tmp_path, kaggl
     for path in (kaggle_zip, kaggle_zip / 'cifar-10.zip', tmp_path / 'sevenzip', extracted):
         layout = sources.KaggleLayout(str(path))
         assert layout.sets() == ('train', 'test')
-        assert _examples(layout, 'train') == expected_train
-        assert _examples(layout, 'test') == expected_test
+        for kaggle_set, expected in (('train', expected_train), ('test', expected_test)):
+            assert _examples(layout, kaggle_set) == expected
 
 
 @pytest.mark.parametrize('text, message', [
@@ -83,7 +89,7 @@ def test_corrupt_7z_is_named(tmp_path):
     (tmp_path / 'train.7z').write_bytes(b'7z\xbc\xaf\x27\x1c' + b'\x00' * 100)
     (tmp_path / sources.LABELS_CSV).write_text('id,label\n1,cat\n')
     with pytest.raises(UserInputError, match='train.7z'):
-        list(sources.KaggleLayout(str(tmp_path)).examples('train'))
+        list(sources.KaggleLayout(str(tmp_path)).batches('train', 10))
 
 
 # ----------------------------------------------------------------------------
@@ -148,11 +154,10 @@ def test_tfds_source_yields_pixels_labels_and_ids(tmp_path):
     import tensorflow_datasets as tfds
     with tfds.testing.mock_data(num_examples=12):
         source = sources.TfdsSource(str(tmp_path))
-        examples = list(source.examples('train'))
-        test_examples = list(source.examples('test'))
+        examples = _examples(source, 'train')
+        test_examples = _examples(source, 'test')
     assert len(examples) == 12 and len(test_examples) == 12
-    for example in examples:
-        assert isinstance(example.image, np.ndarray)
-        assert example.image.shape == (32, 32, 3) and example.image.dtype == np.uint8
-        assert 0 <= example.label < 10
-    assert len({example.id for example in examples}) == 12
+    for image, label in examples.values():
+        assert isinstance(image, np.ndarray)
+        assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+        assert 0 <= label < 10
