@@ -1,12 +1,12 @@
 """The converter: a source's images to stratified, shuffled TFRecord shards.
 
-    source --(id, png or pixels, label)--> decode and check (TF, other core)
-           --> split train/validation per class --> shuffle --> shards
-           --> manifest.json, last
+    source --batches of (id, png or pixels, label)--> decode and check
+           (TF threads) --> split train/validation per class --> shuffle
+           --> shards, under temporary names --> renamed --> manifest.json
 
-Everything is read, decoded and checked before the first byte is written, so
-bad input leaves no partial output. Shards are written under temporary names
-and renamed when complete; the manifest goes last.
+Shards keep their temporary names until every set has been read, decoded
+and checked, and are removed on any error, so bad input leaves no partial
+output. The manifest goes last.
 """
 
 import collections
@@ -76,7 +76,6 @@ def convert(config: ConvertConfig) -> records.Manifest:
         train = load_set(source.batches('train', _BATCH_SIZE), config.encoding, 'train')
         train_indices, validation_indices = split_train(
             train, config.validation_fraction, config.seed)
-        # Shards are written while the next set is read.
         writer.stage('train', train, train_indices)
         writer.stage('validation', train, validation_indices)
         if 'test' in source.sets():
@@ -246,15 +245,15 @@ def _check_signature(image_id: str, png: bytes, kaggle_set: str) -> None:
 
 
 def _check_png_structures(ids: list[str], pngs: list[bytes], kaggle_set: str) -> None:
-    _check_signatures(ids, pngs, kaggle_set)
-    sizes = []
     for image_id, png in zip(ids, pngs):
+        _check_signature(image_id, png, kaggle_set)
         try:
-            sizes.append(png_size(png))
+            size = png_size(png)
         except ValueError as error:
             raise UserInputError(
                 f'{kaggle_set}: image {image_id}.png is a broken PNG ({error})') from None
-    _check_sizes(ids, np.array(sizes), kaggle_set)
+        if size != records.IMAGE_SHAPE[:2]:
+            _check_sizes([image_id], np.array([size]), kaggle_set)
 
 
 def png_size(png: bytes) -> tuple[int, int]:
@@ -269,25 +268,27 @@ def png_size(png: bytes) -> tuple[int, int]:
     Raises:
         ValueError: saying what is wrong.
     """
-    view = memoryview(png)
-    position = len(records.PNG_SIGNATURE)
-    kinds = []
-    while not kinds or kinds[-1] != b'IEND':
-        if position + _PNG_CHUNK_OVERHEAD > len(view):
+    signature_size = len(records.PNG_SIGNATURE)
+    end_of_file = len(png)
+    position = signature_size
+    kind = None
+    has_image_data = False
+    while kind != b'IEND':
+        if position + _PNG_CHUNK_OVERHEAD > end_of_file:
             raise ValueError('the file ends before its IEND chunk')
-        length, kind = _PNG_CHUNK_HEAD.unpack_from(view, position)
-        end = position + _PNG_CHUNK_OVERHEAD + length
-        if end > len(view):
+        length, kind = _PNG_CHUNK_HEAD.unpack_from(png, position)
+        crc_position = position + _PNG_CHUNK_HEAD.size + length
+        if crc_position + _PNG_CRC.size > end_of_file:
             raise ValueError(f'{kind!r} chunk runs past the end of the file')
-        (crc,) = _PNG_CRC.unpack_from(view, end - _PNG_CRC.size)
         # The CRC covers the chunk's type and data, not its length.
-        if zlib.crc32(view[position + 4:end - _PNG_CRC.size]) != crc:
+        (crc,) = _PNG_CRC.unpack_from(png, crc_position)
+        if zlib.crc32(png[position + 4:crc_position]) != crc:
             raise ValueError(f'{kind!r} chunk fails its CRC check')
-        kinds.append(kind)
-        position = end
-    if kinds[0] != b'IHDR' or b'IDAT' not in kinds:
+        has_image_data = has_image_data or kind == b'IDAT'
+        position = crc_position + _PNG_CRC.size
+    if png[signature_size + 4:signature_size + 8] != b'IHDR' or not has_image_data:
         raise ValueError('no IHDR chunk first, or no IDAT chunk')
-    width, height = _PNG_SIZE.unpack_from(view, len(records.PNG_SIGNATURE) + 8)
+    width, height = _PNG_SIZE.unpack_from(png, signature_size + _PNG_CHUNK_HEAD.size)
     return height, width
 
 
@@ -356,8 +357,8 @@ def split_train(train: LoadedSet, validation_fraction: float,
     if np.any(train.labels == records.UNKNOWN_LABEL):
         raise UserInputError('train: every training image needs a label')
     # Ordering by id first makes the split independent of archive order.
-    order = np.array(sorted(range(len(train.ids)),
-                            key=lambda index: sources.id_sort_key(train.ids[index])))
+    sort_keys = [sources.id_sort_key(image_id) for image_id in train.ids]
+    order = np.array(sorted(range(len(sort_keys)), key=sort_keys.__getitem__))
     rng = np.random.default_rng(seed)
     validation = []
     for class_index in range(records.NUM_CLASSES):
@@ -380,8 +381,8 @@ def split_train(train: LoadedSet, validation_fraction: float,
 
 
 class _StagedWriter:
-    """Writes shards on a background thread under temporary names, and
-    publishes them all, then the manifest, only when every set was read.
+    """Writes shards under temporary names, and publishes them all, then the
+    manifest, only when every set was read.
 
     On any error the temporary files are removed and nothing else is touched.
     """
@@ -389,19 +390,37 @@ class _StagedWriter:
     def __init__(self, config: ConvertConfig):
         self._config = config
         self._created_dir = not tf.io.gfile.exists(config.output_dir)
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        self._futures = {}
+        # Shards are written on the caller's thread, and hashed on this one,
+        # which holds the interpreter lock a few times per shard. Writing
+        # there too would hold it once per record: the two threads would
+        # wait on each other far longer than the writing takes.
+        self._hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._staged = {}
 
     def __enter__(self) -> '_StagedWriter':
         tf.io.gfile.makedirs(self._config.output_dir)
         return self
 
     def stage(self, split: str, loaded: LoadedSet, indices: np.ndarray) -> None:
-        self._futures[split] = self._executor.submit(
-            self._write_split, split, loaded, indices)
+        """Shuffles a split across its shards and writes them."""
+        # Each split has its own stream, so the order of writing does not matter.
+        rng = np.random.default_rng([self._config.seed, records.SPLITS.index(split)])
+        shuffled = rng.permutation(indices)
+        count = min(self._config.num_shards, len(shuffled))
+        shards = []
+        for index, members in enumerate(np.array_split(shuffled, count)):
+            path = os.path.join(self._config.output_dir, records.shard_name(split, index, count))
+            records.write_partial_shard(path, [loaded.records[member] for member in members])
+            shards.append(self._hasher.submit(records.describe_partial_shard, path, len(members)))
+        logging.info('%s: wrote %d images in %d shards', split, len(shuffled), count)
+        class_counts = collections.Counter(
+            records.class_name(int(label)) for label in loaded.labels[indices])
+        self._staged[split] = (len(shuffled), dict(sorted(class_counts.items())), shards)
 
     def commit(self, provenance: dict, existing: records.Manifest | None) -> records.Manifest:
-        splits = {split: future.result() for split, future in self._futures.items()}
+        splits = {split: records.Split(count, class_counts,
+                                       tuple(future.result() for future in futures))
+                  for split, (count, class_counts, futures) in self._staged.items()}
         output_dir = self._config.output_dir
         if existing is not None:
             # Gone first: while old and new shards mix, no manifest vouches for them.
@@ -417,7 +436,7 @@ class _StagedWriter:
         return manifest
 
     def __exit__(self, error_type, error, traceback) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._hasher.shutdown(wait=True, cancel_futures=True)
         if error_type is None:
             return
         output_dir = self._config.output_dir
@@ -426,23 +445,6 @@ class _StagedWriter:
                 tf.io.gfile.remove(os.path.join(output_dir, name))
         if self._created_dir and not tf.io.gfile.listdir(output_dir):
             tf.io.gfile.rmtree(output_dir)
-
-    def _write_split(self, split: str, loaded: LoadedSet, indices: np.ndarray) -> records.Split:
-        """Shuffles a split across its shards and writes them."""
-        # Each split has its own stream, so the order of writing does not matter.
-        rng = np.random.default_rng([self._config.seed, records.SPLITS.index(split)])
-        shuffled = rng.permutation(indices)
-        count = min(self._config.num_shards, len(shuffled))
-        shards = []
-        for shard_index, members in enumerate(np.array_split(shuffled, count)):
-            path = os.path.join(self._config.output_dir,
-                                records.shard_name(split, shard_index, count))
-            shards.append(records.write_partial_shard(
-                path, [loaded.records[index] for index in members]))
-        logging.info('%s: wrote %d images in %d shards', split, len(shuffled), count)
-        class_counts = collections.Counter(
-            records.class_name(int(label)) for label in loaded.labels[indices])
-        return records.Split(len(shuffled), dict(sorted(class_counts.items())), tuple(shards))
 
 
 def _existing_manifest(output_dir: str) -> records.Manifest | None:

@@ -31,6 +31,8 @@ COMPETITION_ZIP = 'cifar-10.zip'
 LABELS_CSV = 'trainLabels.csv'
 SAMPLE_SUBMISSION_CSV = 'sampleSubmission.csv'
 RULES_URL = 'https://www.kaggle.com/c/cifar-10/rules'
+# Bytes per read of a file: a CIFAR-10 PNG (about 2.5 KB) takes one.
+_READ_SIZE = 1 << 16
 
 
 class SourceBatch(NamedTuple):
@@ -241,17 +243,27 @@ class _Folder:
 
 
 def _read_file(path: str) -> bytes:
-    # Python's own open() costs less than gfile's per small file; gfile is
-    # still there for remote storage (gs://).
     try:
         if '://' in path:
             with tf.io.gfile.GFile(path, 'rb') as file:
                 return file.read()
-        with open(path, 'rb') as file:
-            return file.read()
+        return _read_local_file(path)
     except (OSError, tf.errors.OpError) as error:
         reason = getattr(error, 'strerror', None) or getattr(error, 'message', error)
         raise UserInputError(f'cannot read {path}: {reason}') from None
+
+
+def _read_local_file(path: str) -> bytes:
+    # Bare system calls: a buffered open() costs twice as much per small
+    # file, and a set has 50,000 of them.
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(descriptor, _READ_SIZE):
+            chunks.append(chunk)
+    finally:
+        os.close(descriptor)
+    return b''.join(chunks)
 
 
 class _Zip:

@@ -69,7 +69,8 @@ def _write_records_dir(directory, encoding='raw', count=10, num_shards=3):
     shards = []
     for index, part in enumerate(np.array_split(np.arange(count), num_shards)):
         path = os.path.join(directory, records.shard_name('train', index, num_shards))
-        shards.append(records.write_partial_shard(path, [serialized[i] for i in part]))
+        records.write_partial_shard(path, [serialized[i] for i in part])
+        shards.append(records.describe_partial_shard(path, len(part)))
         records.publish(path)
     counts = {records.CLASS_NAMES[index % 10]: 1 for index in range(count)}
     manifest = records.Manifest(
