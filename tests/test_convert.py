@@ -13,7 +13,7 @@ import numpy as np
 import py7zr
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from cifar_tfrecord import convert as convert_lib
 from cifar_tfrecord import records
@@ -98,6 +98,14 @@ def test_same_input_and_flags_give_byte_identical_shards(tmp_path, kaggle_zip, s
     first, second = _tree_digest(tmp_path / 'first'), _tree_digest(tmp_path / 'second')
     first.pop('manifest.json'), second.pop('manifest.json')
     assert first == second
+    # Another process, with other hash seeds, writes the same bytes too.
+    command = [sys.executable, os.path.join(REPOSITORY, 'scripts', 'convert.py'),
+               '--source=dir', f'--data_dir={kaggle_zip}', f'--output_dir={tmp_path / "other"}']
+    subprocess.run(command, check=True, capture_output=True,
+                   env=dict(os.environ, PYTHONHASHSEED='12345'))
+    other = _tree_digest(tmp_path / 'other')
+    other.pop('manifest.json')
+    assert other == first
     assert convert(kaggle_zip, tmp_path / 'third', '--seed=5') == 0
     assert _tree_digest(tmp_path / 'third') != first
 
@@ -349,6 +357,24 @@ def test_png_encoding_checks_each_file_without_decoding(tmp_path, small_sample, 
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert pytest.importorskip('re').search(message, last_line), last_line
     assert not (tmp_path / 'records').exists()
+
+
+@pytest.mark.parametrize('encoding', records.ENCODINGS)
+def test_png_larger_than_one_read_converts_whole(tmp_path, small_sample, encoding):
+    """A valid PNG with a large text chunk: more bytes than one read of a file."""
+    train = dict(small_sample[0])
+    pixels = _pil_pixels(train['5'])
+    comment = PngImagePlugin.PngInfo()
+    comment.add_text('comment', 'x' * (3 * sources._READ_SIZE))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format='PNG', pnginfo=comment)
+    assert len(buffer.getvalue()) > 3 * sources._READ_SIZE
+    train['5'] = buffer.getvalue()
+    data = _extracted_folder(tmp_path / 'data', small_sample, train=train)
+    assert convert(data, tmp_path / 'records', f'--encoding={encoding}') == 0
+    images = {example_id: image for split in ('train', 'validation')
+              for example_id, image, _ in records.read_split(str(tmp_path / 'records'), split)}
+    np.testing.assert_array_equal(images['5'], pixels)
 
 
 @pytest.mark.parametrize('shape', [(32, 32, 3), (20, 30, 1), (32, 32, 4), (7, 5, 2)])
