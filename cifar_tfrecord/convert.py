@@ -33,7 +33,7 @@ from cifar_tfrecord.errors import UserInputError
 # per-call cost vanishes, small enough that decoding overlaps reading.
 _BATCH_SIZE = 1024
 # tf.data spends more per call of a map function than decoding a 32x32 PNG
-# takes: PNGs are decoded (and files read) in groups, one call per group.
+# takes: PNGs are decoded in groups, one call per group.
 _DECODE_GROUP = 16
 _GROUP_CALLS = 2
 _PROGRESS_SECONDS = 5.0
