@@ -5,8 +5,8 @@ Every source yields Kaggle's two sets, 'train' and 'test', as
 `SourceBatch(ids, images, labels)`: runs of consecutive images, column by
 column, which costs less Python per image than one object each. `images`
 holds PNG files' bytes (Kaggle's layouts) or uint8 pixels (tfds); `labels`
-holds indices into CLASS_NAMES, or UNKNOWN_LABEL. Sources know nothing of TFRecords: splitting,
-sharding and writing belong to the converter.
+holds indices into CLASS_NAMES, or UNKNOWN_LABEL. Sources know nothing of
+TFRecords: splitting, sharding and writing belong to the converter.
 """
 
 import csv
