@@ -20,6 +20,8 @@ from typing import BinaryIO, Callable, Iterator
 import py7zr
 import py7zr.io
 
+from cifar_tfrecord import files
+
 # Files travel in batches: one pickle per file would cost more than the file.
 _BATCH = 256
 
@@ -101,11 +103,7 @@ class _CollectorFactory(py7zr.io.WriterFactory):
 
 
 def _open(path: str, member: str) -> BinaryIO:
-    if '://' in path:
-        import tensorflow as tf  # Only remote storage needs TF's file systems.
-        file = tf.io.gfile.GFile(path, 'rb')
-    else:
-        file = open(path, 'rb')
+    file = files.open_file(path)
     if not member:
         return file
     import zipfile

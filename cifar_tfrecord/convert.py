@@ -132,8 +132,10 @@ def load_set(batches: Iterable[sources.SourceBatch], encoding: str,
     """
     progress = _Progress(kaggle_set)
     ids, labels, serialized = [], [], []
-    for batch, payloads in _payloads(iter(batches), encoding, kaggle_set):
-        serialized += records.serialize_examples(encoding, batch.ids, payloads, batch.labels)
+    for batch, images in _decoded(iter(batches), encoding, kaggle_set):
+        if encoding == 'raw':
+            images = [image.tobytes() for image in images]
+        serialized += records.serialize_examples(encoding, batch.ids, images, batch.labels)
         ids += batch.ids
         labels.append(batch.labels)
         progress.update(len(batch.ids))
@@ -141,17 +143,6 @@ def load_set(batches: Iterable[sources.SourceBatch], encoding: str,
     if not ids:
         raise UserInputError(f'{kaggle_set}: the source holds no images')
     return LoadedSet(ids, np.concatenate(labels), serialized)
-
-
-def _payloads(batches: Iterator[sources.SourceBatch], encoding: str, kaggle_set: str
-              ) -> Iterator[tuple[sources.SourceBatch, list[bytes]]]:
-    """Yields each batch with the image bytes its records hold: the pixels
-    (raw) or a checked PNG file (png)."""
-    for batch, images in _decoded(batches, encoding, kaggle_set):
-        if encoding == 'raw':
-            yield batch, [image.tobytes() for image in images]
-        else:
-            yield batch, images
 
 
 def _decoded(batches: Iterator[sources.SourceBatch], encoding: str, kaggle_set: str

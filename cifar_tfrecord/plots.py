@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from cifar_tfrecord import files
 from cifar_tfrecord.errors import UserInputError
 
 HISTORY_FILE = 'history.csv'
@@ -45,40 +46,23 @@ MISTAKE_COLOR = 'tab:red'
 # Files, local or remote.
 
 
-def _is_remote(path: str) -> bool:
-    return '://' in os.fspath(path)
-
-
-def _gfile():
-    # TensorFlow takes seconds to import: only remote paths pay for it.
-    import tensorflow as tf
-    return tf.io.gfile
-
-
-def _open_file(path: str, mode: str):
-    """`open` for local paths, tf.io.gfile.GFile for gs://, ram:// and the like."""
-    if _is_remote(path):
-        return _gfile().GFile(path, mode)
-    return open(path, mode)
-
-
 def _exists(path: str) -> bool:
-    return _gfile().exists(path) if _is_remote(path) else os.path.exists(path)
+    return files.gfile().exists(path) if files.is_remote(path) else os.path.exists(path)
 
 
 def _is_folder(path: str) -> bool:
-    return _gfile().isdir(path) if _is_remote(path) else os.path.isdir(path)
+    return files.gfile().isdir(path) if files.is_remote(path) else os.path.isdir(path)
 
 
 def _make_folders(path: str) -> None:
-    if _is_remote(path):
-        _gfile().makedirs(path)
+    if files.is_remote(path):
+        files.gfile().makedirs(path)
     else:
         os.makedirs(path, exist_ok=True)
 
 
 def _read_bytes(path: str) -> bytes:
-    with _open_file(path, 'rb') as file:
+    with files.open_file(path, 'rb') as file:
         return file.read()
 
 
@@ -91,7 +75,7 @@ def _read_text(path: str) -> str:
 
 
 def _write_bytes(path: str, data: bytes) -> None:
-    with _open_file(path, 'wb') as file:
+    with files.open_file(path, 'wb') as file:
         file.write(data)
 
 

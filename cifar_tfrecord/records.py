@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
+from cifar_tfrecord import files
 from cifar_tfrecord.errors import UserInputError
 
 IMAGE_SHAPE = (32, 32, 3)
@@ -283,9 +284,7 @@ def file_digest(path: str) -> tuple[str, int]:
     """The sha256 and size of a file."""
     digest = hashlib.sha256()
     num_bytes = 0
-    # Python's own open() costs less than gfile's on local files; gfile
-    # reads remote storage (gs://).
-    with (tf.io.gfile.GFile(path, 'rb') if '://' in path else open(path, 'rb')) as file:
+    with files.open_file(path) as file:
         while chunk := file.read(1 << 20):
             digest.update(chunk)  # Hashes without the interpreter lock.
             num_bytes += len(chunk)

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from cifar_tfrecord import archive
+from cifar_tfrecord import files
 from cifar_tfrecord import records
 from cifar_tfrecord.errors import UserInputError
 
@@ -244,8 +245,8 @@ class _Folder:
 
 def _read_file(path: str) -> bytes:
     try:
-        if '://' in path:
-            with tf.io.gfile.GFile(path, 'rb') as file:
+        if files.is_remote(path):
+            with files.open_file(path) as file:
                 return file.read()
         return _read_local_file(path)
     except (OSError, tf.errors.OpError) as error:
