@@ -383,8 +383,8 @@ class _StagedWriter:
         self._created_dir = not tf.io.gfile.exists(config.output_dir)
         # Shards are written on the caller's thread, and hashed on this one,
         # which holds the interpreter lock a few times per shard. Writing
-        # there too would hold it once per record: the two threads would
-        # wait on each other far longer than the writing takes.
+        # there too would take it once per record, and the two threads would
+        # spend their time waiting on each other for it.
         self._hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self._staged = {}
 

@@ -1,7 +1,7 @@
 """Files, local or remote: Python's own calls for local paths, tf.io.gfile
 for gs://, ram:// and the like.
 
-Python's calls cost a fraction of gfile's per small file, and TensorFlow is
+Python's calls cost less than gfile's per small file, and TensorFlow is
 imported only when a remote path needs it, so the plots and the 7z reader's
 child process start without it.
 """

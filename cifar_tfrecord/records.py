@@ -92,8 +92,8 @@ def serialize_examples(encoding: str, example_ids: list[str], images: list[bytes
 class _Record:
     """One tf.train.Example with the schema's features, refilled per record.
 
-    Refilling one message costs half of what building one per record does,
-    which matters at 60,000 records.
+    Refilling one message costs less than building one per record, which
+    matters at 60,000 records.
     """
 
     def __init__(self, encoding: str, labelled: bool):

@@ -32,7 +32,7 @@ COMPETITION_ZIP = 'cifar-10.zip'
 LABELS_CSV = 'trainLabels.csv'
 SAMPLE_SUBMISSION_CSV = 'sampleSubmission.csv'
 RULES_URL = 'https://www.kaggle.com/c/cifar-10/rules'
-# Bytes per read of a file: a CIFAR-10 PNG (about 2.5 KB) takes one.
+# Bytes per read of a file: a CIFAR-10 PNG, a few KB, takes one.
 _READ_SIZE = 1 << 16
 
 
@@ -255,8 +255,8 @@ def _read_file(path: str) -> bytes:
 
 
 def _read_local_file(path: str) -> bytes:
-    # Bare system calls: a buffered open() costs twice as much per small
-    # file, and a set has 50,000 of them.
+    # Bare system calls: a buffered open() costs more per small file, and a
+    # set has 50,000 of them.
     descriptor = os.open(path, os.O_RDONLY)
     try:
         chunks = []

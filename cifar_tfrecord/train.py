@@ -315,8 +315,8 @@ def compile_model(model: keras.Model, config: TrainConfig, phase: str, steps_per
         weighted_metrics=[keras.metrics.CategoricalAccuracy(name='accuracy')],
         jit_compile=jit_compile)
     # Built now, not while fit traces its first step: variables created during
-    # tracing make TensorFlow trace the step twice, which about doubled the
-    # start-up of each phase.
+    # tracing make TensorFlow trace the step twice, a second long wait at the
+    # start of each phase.
     model.optimizer.build(model.trainable_variables)
 
 
