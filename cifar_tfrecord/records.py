@@ -186,6 +186,18 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + '\n'
 
+    def fingerprint(self) -> str:
+        """The sha256 of what the records hold: schema, encoding, class names,
+        and every shard's name, count and sha256.
+
+        Not of where they came from (`provenance`): the same records in
+        another folder, or converted again from a copy elsewhere, have the
+        same fingerprint; records that differ in any byte have another.
+        """
+        content = dataclasses.asdict(self)
+        del content['provenance']
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
     @classmethod
     def from_json(cls, text: str) -> 'Manifest':
         data = json.loads(text)

@@ -1,5 +1,6 @@
 """The schema, the shard writer, the manifest, read_split and verify."""
 
+import dataclasses
 import json
 import os
 
@@ -134,3 +135,19 @@ def test_unknown_split_is_a_clear_error(tmp_path):
     _write_records_dir(str(tmp_path))
     with pytest.raises(UserInputError, match="'test'.*train"):
         list(records.read_split(str(tmp_path), 'test'))
+
+
+def test_fingerprint_follows_the_records_not_their_folder_or_provenance(tmp_path):
+    first, second, other = (str(tmp_path / name) for name in ('first', 'second', 'other'))
+    for directory in (first, second, other):
+        os.makedirs(directory)
+    _write_records_dir(first)
+    _write_records_dir(second)
+    _write_records_dir(other, count=11)
+    fingerprint = records.load_manifest(first).fingerprint()
+    assert len(fingerprint) == 64
+    moved = dataclasses.replace(records.load_manifest(second), provenance={'elsewhere': 1})
+    assert moved.fingerprint() == fingerprint
+    assert records.load_manifest(other).fingerprint() != fingerprint
+    renamed = dataclasses.replace(records.load_manifest(first), class_names=('a',) * 10)
+    assert renamed.fingerprint() != fingerprint
