@@ -14,7 +14,8 @@
                        probabilities out
     metrics.json       final.keras evaluated by the trainer
     predictions.npz    images of that split with final.keras's predictions
-    metrics-<model>-<split>.json    written by scripts/evaluate.py
+    metrics-<model>-<split>.json    written by scripts/evaluate.py, with
+    predictions-<model>-<split>.npz its predictions, for plots
     submission-<model>.csv          written by scripts/predict.py
     .worker-N/         a worker's private folder in a multi-worker job
 
@@ -65,6 +66,11 @@ def model_label(model_path_: str) -> str:
 def evaluation_metrics(model_dir: str, model_path_: str, split: str) -> str:
     """Where scripts/evaluate.py writes a model's metrics on a split."""
     return path(model_dir, f'metrics-{model_label(model_path_)}-{split}.json')
+
+
+def evaluation_predictions(model_dir: str, model_path_: str, split: str) -> str:
+    """Where scripts/evaluate.py writes a model's predictions on a split."""
+    return path(model_dir, f'predictions-{model_label(model_path_)}-{split}.npz')
 
 
 def submission(model_dir: str, model_path_: str) -> str:
