@@ -1,22 +1,88 @@
-"""Evaluation, predictions for plots, and the Kaggle submission file."""
+"""Evaluation, predictions for plots, and the Kaggle submission file.
+
+Every result says what it comes from: metrics and predictions record their
+model (`run_folder.model_name`) and split, and scripts/evaluate.py and
+predict.py write files named after both (run_folder.py names them). Only the
+trainer writes metrics.json and predictions.npz, always of final.keras.
+"""
 
 import csv
 import io
 import json
 import os
+import posixpath
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
+from cifar_tfrecord import files
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
+from cifar_tfrecord import run_folder
 from cifar_tfrecord import sources
 from cifar_tfrecord.callbacks import write_text_atomically
 from cifar_tfrecord.config import InputConfig
 from cifar_tfrecord.errors import UserInputError
 
 SAMPLE_COUNT = 256
+# Enough of a sha256 to tell two records folders apart in a log line.
+FINGERPRINT_SHOWN = 12
+
+
+# ----------------------------------------------------------------------------
+# Which model, on which records.
+
+
+def resolve_model(model_dir: str, model: str) -> str:
+    """The model file `--model` names ('final', 'best' or a path), checked to exist."""
+    path = run_folder.model_path(model_dir, model)
+    if model in run_folder.MODELS:
+        if not tf.io.gfile.isdir(model_dir):
+            raise UserInputError(f'{model_dir}: no such run folder')
+        if not tf.io.gfile.exists(path):
+            raise UserInputError(f'{model_dir} has no {run_folder.MODELS[model]}')
+    elif not tf.io.gfile.exists(path):
+        raise UserInputError(f'--model={model}: no such model file')
+    return path
+
+
+def load_run_config(model_path: str) -> dict | None:
+    """The config.json of the run folder holding a model, or None if it has none."""
+    path = run_folder.path(os.path.dirname(model_path), run_folder.CONFIG)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, 'r') as file:
+        text = file.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserInputError(f'{path} is not valid JSON: {error}') from error
+
+
+def check_records(model_path: str, records_dir: str) -> None:
+    """Refuses records of other classes than the model's; warns on other records.
+
+    The run's config.json says which records it trained on (its "records":
+    fingerprint, class_names, records_dir). A run without that key, from
+    before it was written, is not checked.
+    """
+    trained_on = (load_run_config(model_path) or {}).get('records')
+    if trained_on is None:
+        return
+    manifest = records.load_manifest(records_dir)
+    if list(manifest.class_names) != list(trained_on['class_names']):
+        raise UserInputError(
+            f'{records_dir} holds the classes {list(manifest.class_names)}, but {model_path} '
+            f'was trained on {list(trained_on["class_names"])}')
+    fingerprint = manifest.fingerprint()
+    if fingerprint != trained_on['fingerprint']:
+        logging.warning(
+            '%s was trained on the records in %s (fingerprint %s); %s holds other records '
+            '(fingerprint %s) of the same classes: going on with them',
+            model_path, trained_on['records_dir'], trained_on['fingerprint'][:FINGERPRINT_SHOWN],
+            records_dir, fingerprint[:FINGERPRINT_SHOWN])
 
 
 def resolve_split(records_dir: str, split: str) -> str:
@@ -32,21 +98,35 @@ def resolve_split(records_dir: str, split: str) -> str:
     return 'test' if test and 'unknown' not in test.class_counts else 'validation'
 
 
-def evaluate(model: keras.Model, config: InputConfig, split: str) -> dict:
-    """Accuracy, loss, per-class accuracy and confusion matrix on a split."""
+# ----------------------------------------------------------------------------
+# Evaluation.
+
+
+def evaluate(model: keras.Model, config: InputConfig, split: str, model_name: str) -> dict:
+    """Accuracy, loss, per-class accuracy and confusion matrix on a split.
+
+    Args:
+        model: takes uint8 32x32 images (`load_serving_model`).
+        config: where and how to read the records.
+        split: a labelled split.
+        model_name: what the metrics record as their model
+            (`run_folder.model_name`).
+    """
     dataset, _ = pipeline.make_dataset(config, split, training=False)
     labels = np.concatenate([np.argmax(targets, axis=1) for _, targets in dataset])
     probabilities = model.predict(dataset.map(lambda images, _: images), verbose=0)
-    return compute_metrics(probabilities, labels, split)
+    return compute_metrics(probabilities, labels, split, model_name)
 
 
-def compute_metrics(probabilities: np.ndarray, labels: np.ndarray, split: str) -> dict:
+def compute_metrics(probabilities: np.ndarray, labels: np.ndarray, split: str,
+                    model_name: str) -> dict:
     predicted = np.argmax(probabilities, axis=1)
     confusion = np.zeros((records.NUM_CLASSES, records.NUM_CLASSES), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     chosen = probabilities[np.arange(len(labels)), labels]
     return {
+        'model': model_name,
         'split': split,
         'examples': int(len(labels)),
         'accuracy': float(np.mean(predicted == labels)),
@@ -59,23 +139,92 @@ def compute_metrics(probabilities: np.ndarray, labels: np.ndarray, split: str) -
 
 
 def write_json(path: str, metrics: dict) -> None:
+    _make_parent_folder(path)
     write_text_atomically(path, json.dumps(metrics, indent=2) + '\n')
 
 
-def write_predictions(model_dir: str, serving: keras.Model, records_dir: str, split: str,
-                      count: int = SAMPLE_COUNT) -> str:
-    """predictions.npz: the first images of a split with their predictions."""
+def write_predictions(path: str, serving: keras.Model, records_dir: str, split: str,
+                      model_name: str, count: int = SAMPLE_COUNT) -> str:
+    """The first images of a split with a model's predictions, as an .npz file.
+
+    Arrays: images, labels, probabilities and class_names for the plots, and
+    model and split (strings) saying whose predictions on what they are.
+
+    Returns:
+        `path`.
+    """
     examples = [example for example, _ in zip(records.read_split(records_dir, split), range(count))]
     images = np.stack([image for _, image, _ in examples])
     probabilities = serving.predict(images, verbose=0)
-    path = os.path.join(model_dir, 'predictions.npz')
     buffer = io.BytesIO()
     np.savez_compressed(buffer, images=images, labels=np.array([label for *_, label in examples]),
                         probabilities=probabilities.astype(np.float32),
-                        class_names=np.array(records.CLASS_NAMES))
+                        class_names=np.array(records.CLASS_NAMES),
+                        model=np.array(model_name), split=np.array(split))
+    _make_parent_folder(path)
     with tf.io.gfile.GFile(path, 'wb') as file:
         file.write(buffer.getvalue())
     return path
+
+
+def evaluate_model(model_dir: str, model: str, records_dir: str, split: str = 'auto',
+                   batch_size: int = 256, metrics_output: str | None = None,
+                   predictions_output: str | None = None) -> tuple[dict, list[str]]:
+    """Evaluates a model of a run and writes its metrics and predictions.
+
+    Args:
+        model_dir: the run folder.
+        model: 'final' (the run's model), 'best', or a path to a .keras file.
+        records_dir, split: the records to evaluate on; 'auto' as in
+            `resolve_split`.
+        metrics_output, predictions_output: where to write; by default
+            `run_folder.evaluation_metrics` and `evaluation_predictions`,
+            never the trainer's metrics.json and predictions.npz.
+
+    Returns:
+        The metrics, and the paths written. Nothing is written on bad input.
+    """
+    model_path = resolve_model(model_dir, model)
+    check_records(model_path, records_dir)
+    split = resolve_split(records_dir, split)
+    defaults = [run_folder.evaluation_metrics(model_dir, model_path, split),
+                run_folder.evaluation_predictions(model_dir, model_path, split)]
+    outputs = [metrics_output or defaults[0], predictions_output or defaults[1]]
+    _refuse_trainer_files(outputs, defaults, [model_dir, os.path.dirname(model_path)])
+    serving = load_serving_model(model_path)
+    config = InputConfig(records_dir=records_dir, batch_size=batch_size, upsample_on='device')
+    metrics = evaluate(serving, config, split, run_folder.model_name(model))
+    write_json(outputs[0], metrics)
+    write_predictions(outputs[1], serving, records_dir, split, metrics['model'])
+    return metrics, outputs
+
+
+def _refuse_trainer_files(outputs: list[str], defaults: list[str],
+                          run_folders: list[str]) -> None:
+    """Keeps the trainer's metrics.json and predictions.npz as the trainer wrote them."""
+    trainer_files = {_canonical(run_folder.path(folder, name)): name
+                     for folder in run_folders
+                     for name in (run_folder.METRICS, run_folder.PREDICTIONS)}
+    for output, default in zip(outputs, defaults):
+        name = trainer_files.get(_canonical(output))
+        if name:
+            raise UserInputError(
+                f'{output} is the trainer\'s {name} of {run_folder.FINAL_MODEL}, never '
+                f'overwritten: write elsewhere, by default {default}')
+
+
+def _canonical(path: str) -> str:
+    return posixpath.normpath(path) if files.is_remote(path) else os.path.realpath(path)
+
+
+def _make_parent_folder(path: str) -> None:
+    parent = os.path.dirname(path)
+    if parent:
+        tf.io.gfile.makedirs(parent)
+
+
+# ----------------------------------------------------------------------------
+# The Kaggle submission.
 
 
 def write_submission(serving: keras.Model, records_dir: str, output: str,
@@ -95,8 +244,33 @@ def write_submission(serving: keras.Model, records_dir: str, output: str,
     writer.writerow(['id', 'label'])
     for image_id in sorted(predictions, key=sources.id_sort_key):
         writer.writerow([image_id, predictions[image_id]])
+    _make_parent_folder(output)
     write_text_atomically(output, buffer.getvalue())
     return len(predictions)
+
+
+def predict_submission(model_dir: str, model: str, records_dir: str, output: str | None = None,
+                       batch_size: int = 256) -> tuple[str, int]:
+    """Writes the submission of a model of a run on the test records.
+
+    Args:
+        model_dir: the run folder.
+        model: 'final' (the run's model), 'best', or a path to a .keras file.
+        records_dir: records with a test split.
+        output: the CSV to write; by default `run_folder.submission`.
+
+    Returns:
+        The path written and its number of rows.
+    """
+    model_path = resolve_model(model_dir, model)
+    check_records(model_path, records_dir)
+    output = output or run_folder.submission(model_dir, model_path)
+    rows = write_submission(load_serving_model(model_path), records_dir, output, batch_size)
+    return output, rows
+
+
+# ----------------------------------------------------------------------------
+# Loading a saved model.
 
 
 def load_serving_model(model_path: str) -> keras.Model:
@@ -109,21 +283,10 @@ def load_serving_model(model_path: str) -> keras.Model:
     if not tf.io.gfile.exists(model_path):
         raise UserInputError(f'model {model_path} not found')
     model = keras.saving.load_model(model_path, safe_mode=True)
-    input_config = _run_input_config(os.path.dirname(model_path))
+    input_config = _run_input_config(load_run_config(model_path))
     return model_lib.with_preprocessing(
         model, input_config.normalization, input_config.upsample_method)
 
 
-def _run_input_config(model_dir: str) -> InputConfig:
-    path = os.path.join(model_dir, 'config.json')
-    if not tf.io.gfile.exists(path):
-        return InputConfig()
-    with tf.io.gfile.GFile(path, 'r') as file:
-        saved = json.loads(file.read())['config']['input']
-    return InputConfig(**saved)
-
-
-def default_model_path(model_dir: str) -> str:
-    """best.keras when the run has one, else final.keras."""
-    best = os.path.join(model_dir, 'best.keras')
-    return best if tf.io.gfile.exists(best) else os.path.join(model_dir, 'final.keras')
+def _run_input_config(run_config: dict | None) -> InputConfig:
+    return InputConfig(**run_config['config']['input']) if run_config else InputConfig()

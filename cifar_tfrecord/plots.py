@@ -1,10 +1,14 @@
 """Figures of a training run, drawn from the files in its run folder.
 
-The trainer writes history.csv (one row per epoch), metrics.json (the final
-evaluation) and predictions.npz (images with their predicted probabilities)
-into the run folder. This module reads them and draws matplotlib figures on
-the Agg canvas, so no display is ever needed. It imports TensorFlow only to
-reach remote paths (gs://, ram://), so plotting a local run starts fast.
+The trainer writes history.csv (one row per epoch), metrics.json (its
+evaluation of final.keras) and predictions.npz (images with final.keras's
+predicted probabilities) into the run folder; scripts/evaluate.py writes the
+same two for another model or split under names of their own (run_folder.py
+names every file). This module reads them and draws matplotlib figures on
+the Agg canvas, so no display is ever needed. Curves are the run's; the
+other figures are one model's on one split, and their titles say which. It
+imports TensorFlow only to reach remote paths (gs://, ram://), so plotting a
+local run starts fast.
 """
 
 import csv
@@ -19,11 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from cifar_tfrecord import files
+from cifar_tfrecord import run_folder
 from cifar_tfrecord.errors import UserInputError
-
-HISTORY_FILE = 'history.csv'
-METRICS_FILE = 'metrics.json'
-PREDICTIONS_FILE = 'predictions.npz'
 
 # The columns the figures need; the trainer also writes images_per_second and
 # epoch_seconds, which are read when present.
@@ -37,6 +38,9 @@ FINE_TUNE_PHASE = 'fine_tune'
 FINE_TUNE_LABEL = 'fine-tuning starts'
 METRICS_KEYS = ('accuracy', 'class_names', 'per_class_accuracy', 'confusion_matrix')
 PREDICTIONS_ARRAYS = ('images', 'labels', 'probabilities', 'class_names')
+# What results name their model and split by; files from before they did lack them.
+NAME_ARRAYS = ('model', 'split')
+UNNAMED = 'not recorded'
 
 DOTS_PER_INCH = 120
 MISTAKE_COLOR = 'tab:red'
@@ -107,9 +111,9 @@ def load_history(model_dir: str) -> dict[str, np.ndarray]:
             malformed.
     """
     _check_run_folder(model_dir)
-    path = os.path.join(model_dir, HISTORY_FILE)
+    path = run_folder.path(model_dir, run_folder.HISTORY)
     if not _exists(path):
-        raise UserInputError(f'no {HISTORY_FILE} in {model_dir}: has this run started?')
+        raise UserInputError(f'no {run_folder.HISTORY} in {model_dir}: has this run started?')
     header, rows = _read_csv(path)
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
@@ -176,13 +180,13 @@ def _number(path: str, line_number: int, column: str, value: str) -> float:
             f'{path} line {line_number}: {column}={value!r} is not a number') from None
 
 
-def load_metrics(model_dir: str) -> dict | None:
-    """The final evaluation of a run (metrics.json), or None before it exists.
+def load_metrics(path: str) -> dict | None:
+    """An evaluation (metrics.json or metrics-<model>-<split>.json), or None
+    before it exists.
 
     Raises:
-        UserInputError: metrics.json is not valid JSON or lacks a field.
+        UserInputError: the file is not valid JSON or lacks a field.
     """
-    path = os.path.join(model_dir, METRICS_FILE)
     if not _exists(path):
         return None
     try:
@@ -220,17 +224,18 @@ def _number_array(path: str, key: str, value) -> np.ndarray:
         raise UserInputError(f'{path}: {key} must hold numbers') from None
 
 
-def load_predictions(model_dir: str) -> dict | None:
-    """Images with labels and predicted probabilities, or None before they exist.
+def load_predictions(path: str) -> dict | None:
+    """Images with labels and predicted probabilities (predictions.npz or
+    predictions-<model>-<split>.npz), or None before they exist.
 
     Returns:
         `images` (N x H x W x 3 uint8), `labels` (N ints), `probabilities`
-        (N x classes floats) and `class_names` (a list of str).
+        (N x classes floats), `class_names` (a list of str), and `model` and
+        `split` (str, or None in files from before they were recorded).
 
     Raises:
-        UserInputError: predictions.npz is unreadable or inconsistent.
+        UserInputError: the file is unreadable or inconsistent.
     """
-    path = os.path.join(model_dir, PREDICTIONS_FILE)
     if not _exists(path):
         return None
     try:
@@ -239,6 +244,8 @@ def load_predictions(model_dir: str) -> dict | None:
             if missing:
                 raise UserInputError(f'{path} lacks the arrays {", ".join(missing)}')
             arrays = {name: archive[name] for name in PREDICTIONS_ARRAYS}
+            arrays.update({name: str(archive[name]) if name in archive.files else None
+                           for name in NAME_ARRAYS})
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise UserInputError(f'{path} is not a readable .npz file: {error}') from error
     arrays['class_names'] = [
@@ -360,8 +367,14 @@ def _row_normalized(counts: np.ndarray) -> np.ndarray:
     return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
 
 
-def _split_name(metrics: dict) -> str:
-    return metrics.get('split', 'test')
+def evaluation_title(model: str | None, split: str | None, count: int) -> str:
+    """What a figure of results shows: 'final.keras on validation, 5,000 images'."""
+    return f'{model or f"model {UNNAMED}"} on {split or f"split {UNNAMED}"}, {count:,} images'
+
+
+def _metrics_title(metrics: dict) -> str:
+    count = int(np.asarray(metrics['confusion_matrix']).sum())
+    return evaluation_title(metrics.get('model'), metrics.get('split'), count)
 
 
 def plot_confusion_matrix(metrics: dict) -> Figure:
@@ -379,7 +392,7 @@ def plot_confusion_matrix(metrics: dict) -> Figure:
     axes.set_yticks(positions, names)
     axes.set_xlabel('predicted class')
     axes.set_ylabel('true class')
-    axes.set_title(f'Confusion matrix on {_split_name(metrics)}, each row sums to 1')
+    axes.set_title(f'Confusion matrix of {_metrics_title(metrics)}\neach row sums to 1')
     figure.colorbar(image, ax=axes, shrink=0.8, label='share of the true class')
     return figure
 
@@ -405,8 +418,8 @@ def plot_per_class_accuracy(metrics: dict) -> Figure:
     axes.set_xlim(0, 1.12)
     axes.set_xticks(np.linspace(0, 1, 6))
     axes.xaxis.set_major_formatter(PercentFormatter(xmax=1))
-    axes.set_xlabel(f'accuracy on {_split_name(metrics)}')
-    axes.set_title('Accuracy per class')
+    axes.set_xlabel('accuracy')
+    axes.set_title(f'Accuracy per class of {_metrics_title(metrics)}')
     return figure
 
 
@@ -465,7 +478,8 @@ def plot_samples(predictions: dict, columns: int = 8, rows: int = 4) -> Figure:
         predicted = int(probabilities[index].argmax())
         _draw_sample(axes, np.asarray(predictions['images'][index]), names[labels[index]],
                      names[predicted], float(probabilities[index, predicted]))
-    figure.suptitle('Predictions, most confident mistakes first (mistakes in red)')
+    title = evaluation_title(predictions.get('model'), predictions.get('split'), len(labels))
+    figure.suptitle(f'Predictions of {title}: most confident mistakes first (in red)')
     return figure
 
 
@@ -499,32 +513,91 @@ def plot_comparison(histories: dict[str, dict], metric: str) -> Figure:
 # Writing PNGs.
 
 
-def run_figures(model_dir: str) -> dict[str, Figure]:
+def run_figures(model_dir: str, model: str = run_folder.MODEL_OF_RECORD,
+                split: str | None = None) -> dict[str, Figure]:
     """Every figure a run folder's files allow, by file name.
 
+    The curves come from history.csv. The other figures are `model`'s on
+    `split` (default: the trainer's split): for final.keras on the trainer's
+    split they come from the trainer's metrics.json and predictions.npz, and
+    keep their plain names; otherwise from the files scripts/evaluate.py
+    wrote, and their names end in -<model>-<split>.
+
     Reads and checks every file before drawing, and prints one line for
-    each group of figures skipped because its file does not exist yet.
+    each group of the trainer's figures skipped because its file does not
+    exist yet.
 
     Raises:
         UserInputError: A file of the run folder is missing or malformed.
     """
     history = load_history(model_dir)
-    metrics = load_metrics(model_dir)
-    predictions = load_predictions(model_dir)
     figures = {'loss.png': plot_curves(history, 'loss'),
                'accuracy.png': plot_curves(history, 'accuracy'),
                'learning_rate.png': plot_learning_rate(history)}
+    trainer_metrics = load_metrics(run_folder.path(model_dir, run_folder.METRICS))
+    trainer_split = trainer_metrics.get('split') if trainer_metrics else None
+    if model == run_folder.MODEL_OF_RECORD and split in (None, trainer_split):
+        figures.update(_trainer_figures(model_dir, trainer_metrics))
+    else:
+        figures.update(_evaluation_figures(model_dir, model, split or trainer_split))
+    return figures
+
+
+def _trainer_figures(model_dir: str, metrics: dict | None) -> dict[str, Figure]:
+    """The figures of the trainer's evaluation, those whose files exist yet."""
+    figures = {}
     if metrics is None:
-        print(f'{model_dir}: no {METRICS_FILE} yet, skipping confusion_matrix.png '
+        print(f'{model_dir}: no {run_folder.METRICS} yet, skipping confusion_matrix.png '
               'and per_class_accuracy.png')
     else:
-        figures['confusion_matrix.png'] = plot_confusion_matrix(metrics)
-        figures['per_class_accuracy.png'] = plot_per_class_accuracy(metrics)
+        figures.update(_metrics_figures(metrics, ''))
+    predictions = load_predictions(run_folder.path(model_dir, run_folder.PREDICTIONS))
     if predictions is None:
-        print(f'{model_dir}: no {PREDICTIONS_FILE} yet, skipping samples.png')
+        print(f'{model_dir}: no {run_folder.PREDICTIONS} yet, skipping samples.png')
     else:
         figures['samples.png'] = plot_samples(predictions)
     return figures
+
+
+def _evaluation_figures(model_dir: str, model: str, split: str | None) -> dict[str, Figure]:
+    """The figures of the files scripts/evaluate.py wrote for a model and split."""
+    if split is None:
+        raise UserInputError(f'{model_dir} has no {run_folder.METRICS} yet to take the '
+                             "trainer's split from: give --split")
+    model_path = run_folder.model_path(model_dir, model)
+    metrics_path = run_folder.evaluation_metrics(model_dir, model_path, split)
+    predictions_path = run_folder.evaluation_predictions(model_dir, model_path, split)
+    metrics = load_metrics(metrics_path)
+    if metrics is None:
+        raise _not_evaluated(metrics_path, model_dir, model, split)
+    predictions = load_predictions(predictions_path)
+    if predictions is None:
+        raise _not_evaluated(predictions_path, model_dir, model, split)
+    suffix = f'-{run_folder.model_label(model_path)}-{split}'
+    return {**_metrics_figures(metrics, suffix), f'samples{suffix}.png': plot_samples(predictions)}
+
+
+def _metrics_figures(metrics: dict, suffix: str) -> dict[str, Figure]:
+    return {f'confusion_matrix{suffix}.png': plot_confusion_matrix(metrics),
+            f'per_class_accuracy{suffix}.png': plot_per_class_accuracy(metrics)}
+
+
+def _not_evaluated(missing: str, model_dir: str, model: str, split: str) -> UserInputError:
+    """Names the missing file of an evaluation and the command that writes it."""
+    return UserInputError(
+        f'{missing} not found: python scripts/evaluate.py --model_dir={model_dir} '
+        f'--model={model} --split={split} --records_dir={_records_dir_of(model_dir)} writes it')
+
+
+def _records_dir_of(model_dir: str) -> str:
+    """The records folder the run trained on, as its config.json says, if it does."""
+    path = run_folder.path(model_dir, run_folder.CONFIG)
+    if _exists(path):
+        try:
+            return json.loads(_read_text(path))['config']['input']['records_dir']
+        except (UserInputError, ValueError, KeyError, TypeError):
+            pass  # Only a hint in a message: an unreadable config.json gets a placeholder.
+    return 'RECORDS'
 
 
 def _run_names(model_dirs: list[str]) -> list[str]:
@@ -567,13 +640,15 @@ def save_figures(figures: dict[str, Figure], output_dir: str) -> list[str]:
     return paths
 
 
-def write_run_plots(model_dir: str, output_dir: str | None = None) -> list[str]:
-    """Writes a run's figures into output_dir (default: the run folder).
+def write_run_plots(model_dir: str, output_dir: str | None = None,
+                    model: str = run_folder.MODEL_OF_RECORD,
+                    split: str | None = None) -> list[str]:
+    """Writes a run's figures (`run_figures`) into output_dir (default: the run folder).
 
     Returns:
         The paths written; none when any input is bad.
     """
-    return save_figures(run_figures(model_dir), output_dir or model_dir)
+    return save_figures(run_figures(model_dir, model, split), output_dir or model_dir)
 
 
 def write_comparison(model_dirs: list[str], output_dir: str) -> list[str]:
@@ -581,8 +656,8 @@ def write_comparison(model_dirs: list[str], output_dir: str) -> list[str]:
     return save_figures(comparison_figures(model_dirs), output_dir)
 
 
-def write_plots(model_dir: str | None, compare_dirs: list[str],
-                output_dir: str | None = None) -> list[str]:
+def write_plots(model_dir: str | None, compare_dirs: list[str], output_dir: str | None = None,
+                model: str = run_folder.MODEL_OF_RECORD, split: str | None = None) -> list[str]:
     """A run's figures and a comparison of runs, checking all input first.
 
     Args:
@@ -590,13 +665,14 @@ def write_plots(model_dir: str | None, compare_dirs: list[str],
         compare_dirs: Runs to overlay in compare_*.png, or none.
         output_dir: Where to write; by default the run's figures go into
             model_dir and the comparison into the first of compare_dirs.
+        model, split: Whose results the run's figures show (`run_figures`).
 
     Returns:
         The paths written; none when any input is bad.
     """
     batches = []
     if model_dir:
-        batches.append((run_figures(model_dir), output_dir or model_dir))
+        batches.append((run_figures(model_dir, model, split), output_dir or model_dir))
     if compare_dirs:
         batches.append((comparison_figures(compare_dirs), output_dir or compare_dirs[0]))
     return [path for figures, folder in batches for path in save_figures(figures, folder)]

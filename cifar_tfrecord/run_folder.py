@@ -86,3 +86,12 @@ def worker_folder(model_dir: str, task_type: str, task_id: int) -> str:
 def phase_backup(model_dir: str, phase: str) -> str:
     """The backup folder of one training phase."""
     return os.path.join(model_dir, BACKUP, phase)
+
+
+MODEL_FLAG_HELP = ('The model: final (the run\'s model), best (best val_accuracy, chosen on '
+                   'validation), or a path to a .keras file.')
+
+
+def model_name(model: str) -> str:
+    """What results record as their model: 'final.keras', 'best.keras', or the path given."""
+    return MODELS.get(model, model)

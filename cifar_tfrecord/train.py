@@ -376,9 +376,10 @@ def finish(config: TrainConfig) -> dict:
         serving.export(export_dir, verbose=False)
     split = evaluate.resolve_split(config.input.records_dir, config.evaluation_split)
     device_input = dataclasses.replace(config.input, upsample_on='device')
-    metrics = evaluate.evaluate(serving, device_input, split)
+    metrics = evaluate.evaluate(serving, device_input, split, os.path.basename(final_path))
     evaluate.write_json(os.path.join(model_dir, 'metrics.json'), metrics)
-    evaluate.write_predictions(model_dir, serving, config.input.records_dir, split)
+    evaluate.write_predictions(os.path.join(model_dir, 'predictions.npz'), serving,
+                               config.input.records_dir, split, os.path.basename(final_path))
     backup_dir = os.path.join(model_dir, 'backup')
     if tf.io.gfile.exists(backup_dir):
         tf.io.gfile.rmtree(backup_dir)

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from cifar_tfrecord import plots
+from cifar_tfrecord import run_folder
 from conftest import REPOSITORY, SCRIPTS, run_script
 
 CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
@@ -55,27 +56,34 @@ def write_history(folder, rows, columns=HISTORY_COLUMNS):
     return folder
 
 
-def write_metrics(folder, seed=0):
+def write_metrics(folder, seed=0, name='metrics.json', **fields):
+    """The trainer's metrics.json (or, by `name`, evaluate.py's); `fields` override."""
     random = np.random.default_rng(seed)
     # A mostly diagonal matrix, like a trained model's.
     counts = random.integers(0, 8, size=(10, 10)) + np.diag(random.integers(60, 100, size=10))
     per_class = np.diag(counts) / counts.sum(axis=1)
-    metrics = {'split': 'test', 'accuracy': float(np.trace(counts) / counts.sum()),
+    metrics = {'model': 'final.keras', 'split': 'validation', 'examples': int(counts.sum()),
+               'accuracy': float(np.trace(counts) / counts.sum()),
                'loss': 0.4, 'class_names': list(CLASS_NAMES),
                'per_class_accuracy': dict(zip(CLASS_NAMES, per_class.tolist())),
                'confusion_matrix': counts.tolist()}
-    (folder / 'metrics.json').write_text(json.dumps(metrics))
+    metrics.update(fields)
+    metrics = {key: value for key, value in metrics.items() if value is not None}
+    (folder / name).write_text(json.dumps(metrics))
+    return metrics
 
 
-def write_predictions(folder, seed=0, **arrays):
+def write_predictions(folder, seed=0, name='predictions.npz', **arrays):
+    """The trainer's predictions.npz (or, by `name`, evaluate.py's); `arrays` override."""
     random = np.random.default_rng(seed)
     probabilities = random.dirichlet(np.full(10, 0.3), size=PREDICTION_COUNT)
     contents = {'images': random.integers(0, 256, (PREDICTION_COUNT, 32, 32, 3), np.uint8),
                 'labels': random.integers(0, 10, PREDICTION_COUNT),
                 'probabilities': probabilities.astype(np.float32),
-                'class_names': np.array(CLASS_NAMES)}
+                'class_names': np.array(CLASS_NAMES),
+                'model': np.array('final.keras'), 'split': np.array('validation')}
     contents.update(arrays)
-    np.savez(folder / 'predictions.npz', **contents)
+    np.savez(folder / name, **{key: value for key, value in contents.items() if value is not None})
 
 
 @pytest.fixture
@@ -105,6 +113,14 @@ def pngs_under(folder) -> list[str]:
     return sorted(str(path) for path in folder.rglob('*.png'))
 
 
+def metrics_of(run) -> dict | None:
+    return plots.load_metrics(str(run / 'metrics.json'))
+
+
+def predictions_of(run) -> dict | None:
+    return plots.load_predictions(str(run / 'predictions.npz'))
+
+
 # ----------------------------------------------------------------------------
 # Each figure.
 
@@ -112,9 +128,9 @@ FIGURE_MAKERS = {
     'loss': lambda run: plots.plot_curves(plots.load_history(run), 'loss'),
     'accuracy': lambda run: plots.plot_curves(plots.load_history(run), 'accuracy'),
     'learning_rate': lambda run: plots.plot_learning_rate(plots.load_history(run)),
-    'confusion_matrix': lambda run: plots.plot_confusion_matrix(plots.load_metrics(run)),
-    'per_class_accuracy': lambda run: plots.plot_per_class_accuracy(plots.load_metrics(run)),
-    'samples': lambda run: plots.plot_samples(plots.load_predictions(run)),
+    'confusion_matrix': lambda run: plots.plot_confusion_matrix(metrics_of(run)),
+    'per_class_accuracy': lambda run: plots.plot_per_class_accuracy(metrics_of(run)),
+    'samples': lambda run: plots.plot_samples(predictions_of(run)),
     'comparison': lambda run: plots.plot_comparison(
         {'a': plots.load_history(run), 'b': plots.load_history(run)}, 'accuracy'),
 }
@@ -207,7 +223,7 @@ def test_run_in_progress_gets_its_curves_only(tmp_path, capsys):
 
 
 def test_per_class_accuracy_has_a_bar_per_class_and_the_overall_line(finished_run):
-    metrics = plots.load_metrics(str(finished_run))
+    metrics = metrics_of(finished_run)
     axes = plots.plot_per_class_accuracy(metrics).axes[0]
     widths = [bar.get_width() for bar in axes.patches]
     assert widths == pytest.approx([metrics['per_class_accuracy'][name] for name in CLASS_NAMES])
@@ -217,7 +233,7 @@ def test_per_class_accuracy_has_a_bar_per_class_and_the_overall_line(finished_ru
 
 
 def test_confusion_matrix_rows_are_normalized(finished_run):
-    metrics = plots.load_metrics(str(finished_run))
+    metrics = metrics_of(finished_run)
     axes = plots.plot_confusion_matrix(metrics).axes[0]
     shares = axes.get_images()[0].get_array()
     np.testing.assert_allclose(np.asarray(shares).sum(axis=1), np.ones(10))
@@ -233,6 +249,132 @@ def test_comparison_legend_names_each_run(finished_run, tmp_path):
     legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     assert legend == ['finished validation', 'finished training', 'other validation',
                       'other training']
+
+
+# ----------------------------------------------------------------------------
+# Whose results: each figure of results names its model and split.
+
+
+def evaluation_titles(figures: dict) -> dict[str, str]:
+    """The title of each figure of results, by file name."""
+    titles = {}
+    for name, figure in figures.items():
+        if name.startswith('samples'):
+            titles[name] = figure.get_suptitle()
+        elif name.startswith(('confusion_matrix', 'per_class_accuracy')):
+            titles[name] = figure.axes[0].get_title()
+    return titles
+
+
+def test_titles_name_the_model_and_split_of_the_trainer_files(tmp_path):
+    run = write_history(tmp_path / 'run', phases_history(1, 1))
+    metrics = write_metrics(run, seed=3, model='final.keras', split='test')
+    write_predictions(run, seed=3, model=np.array('final.keras'), split=np.array('test'))
+    titles = evaluation_titles(plots.run_figures(str(run)))
+    assert set(titles) == {'confusion_matrix.png', 'per_class_accuracy.png', 'samples.png'}
+    images = np.asarray(metrics['confusion_matrix']).sum()
+    assert f'final.keras on test, {images:,} images' in titles['confusion_matrix.png']
+    assert f'final.keras on test, {images:,} images' in titles['per_class_accuracy.png']
+    assert f'final.keras on test, {PREDICTION_COUNT} images' in titles['samples.png']
+
+
+def test_title_counts_thousands_with_a_separator():
+    assert plots.evaluation_title('best.keras', 'validation', 5000) == (
+        'best.keras on validation, 5,000 images')
+
+
+def test_files_from_before_names_were_recorded_still_plot_and_say_so(tmp_path):
+    run = write_history(tmp_path / 'run', phases_history(1, 1))
+    write_metrics(run, model=None, split=None)
+    write_predictions(run, model=None, split=None)
+    titles = evaluation_titles(plots.run_figures(str(run)))
+    assert len(titles) == 3
+    for title in titles.values():
+        assert 'model not recorded on split not recorded' in title
+
+
+def write_evaluation(run, label, split, model_name, seed):
+    """The metrics and predictions files scripts/evaluate.py writes."""
+    write_metrics(run, seed, f'metrics-{label}-{split}.json', model=model_name, split=split)
+    write_predictions(run, seed, f'predictions-{label}-{split}.npz',
+                      model=np.array(model_name), split=np.array(split))
+
+
+@pytest.fixture
+def evaluated_run(finished_run):
+    """A finished run, with best.keras evaluated on the trainer's split and on train."""
+    write_evaluation(finished_run, 'best', 'validation', 'best.keras', seed=5)
+    write_evaluation(finished_run, 'best', 'train', 'best.keras', seed=6)
+    write_evaluation(finished_run, 'final', 'train', 'final.keras', seed=7)
+    return finished_run
+
+
+@pytest.mark.parametrize('model, split, suffix, metrics_file, described', [
+    ('best', None, '-best-validation', 'metrics-best-validation.json', 'best.keras on validation'),
+    ('best', 'train', '-best-train', 'metrics-best-train.json', 'best.keras on train'),
+    ('final', 'train', '-final-train', 'metrics-final-train.json', 'final.keras on train'),
+    ('final', 'validation', '', 'metrics.json', 'final.keras on validation'),
+])
+def test_model_and_split_choose_the_files_plotted(evaluated_run, model, split, suffix,
+                                                  metrics_file, described):
+    figures = plots.run_figures(str(evaluated_run), model, split)
+    titles = evaluation_titles(figures)
+    assert set(titles) == {f'{name}{suffix}.png'
+                           for name in ('confusion_matrix', 'per_class_accuracy', 'samples')}
+    assert all(described in title for title in titles.values())
+    assert CURVE_FIGURES < set(figures)  # The run's curves, whatever the model.
+    # The bars are those of the chosen file: each file was written with its own seed.
+    expected = json.loads((evaluated_run / metrics_file).read_text())['per_class_accuracy']
+    bars = figures[f'per_class_accuracy{suffix}.png'].axes[0].patches
+    assert [bar.get_width() for bar in bars] == pytest.approx(
+        [expected[name] for name in CLASS_NAMES])
+
+
+def test_plot_script_writes_a_models_figures_beside_the_runs(evaluated_run, capsys):
+    assert run_script('plot', f'--model_dir={evaluated_run}', '--model=best') == 0
+    written = {os.path.basename(line) for line in capsys.readouterr().out.splitlines()}
+    assert written == CURVE_FIGURES | {'confusion_matrix-best-validation.png',
+                                       'per_class_accuracy-best-validation.png',
+                                       'samples-best-validation.png'}
+
+
+def test_a_model_path_reads_the_files_named_after_it(finished_run, tmp_path):
+    write_evaluation(finished_run, 'epoch7', 'validation', str(tmp_path / 'epoch7.keras'), 8)
+    titles = evaluation_titles(plots.run_figures(
+        str(finished_run), str(tmp_path / 'epoch7.keras'), 'validation'))
+    assert set(titles) == {'confusion_matrix-epoch7-validation.png',
+                           'per_class_accuracy-epoch7-validation.png',
+                           'samples-epoch7-validation.png'}
+    assert all(f'{tmp_path / "epoch7.keras"} on validation' in title
+               for title in titles.values())
+
+
+def test_unevaluated_model_names_the_evaluate_command(finished_run, capsys):
+    (finished_run / 'config.json').write_text(json.dumps(
+        {'config': {'input': {'records_dir': '/data/records'}}}))
+    assert run_script('plot', f'--model_dir={finished_run}', '--model=best') == 1
+    [error] = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    assert error == (
+        f'error: {finished_run / "metrics-best-validation.json"} not found: python '
+        f'scripts/evaluate.py --model_dir={finished_run} --model=best --split=validation '
+        '--records_dir=/data/records writes it')
+    assert pngs_under(finished_run) == []
+
+
+def test_evaluation_without_its_predictions_names_the_missing_file(finished_run, capsys):
+    write_metrics(finished_run, name='metrics-best-validation.json', model='best.keras')
+    assert run_script('plot', f'--model_dir={finished_run}', '--model=best') == 1
+    error = capsys.readouterr().err
+    assert f'error: {finished_run / "predictions-best-validation.npz"} not found' in error
+    assert '--records_dir=RECORDS' in error  # No config.json to say where the records are.
+    assert pngs_under(finished_run) == []
+
+
+def test_another_model_of_a_run_in_progress_needs_a_split(tmp_path, capsys):
+    run = write_history(tmp_path / 'run', phases_history(2, 0))
+    assert run_script('plot', f'--model_dir={run}', '--model=best') == 1
+    assert 'no metrics.json yet' in capsys.readouterr().err
+    assert pngs_under(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------
@@ -267,7 +409,7 @@ def test_sample_selection_of_fewer_images_than_cells():
 
 
 def test_sample_grid_shows_the_most_confident_mistake_first(finished_run):
-    predictions = plots.load_predictions(str(finished_run))
+    predictions = predictions_of(finished_run)
     probabilities, labels = predictions['probabilities'], predictions['labels']
     wrong = np.flatnonzero(probabilities.argmax(axis=1) != labels)
     worst = wrong[probabilities[wrong].max(axis=1).argmax()]
@@ -450,9 +592,9 @@ def test_remote_run_folders_go_through_gfile(finished_run, tmp_path, monkeypatch
     gfile.files['ram://curves/history.csv'] = (finished_run / 'history.csv').read_bytes()
     fake_tensorflow = types.SimpleNamespace(io=types.SimpleNamespace(gfile=gfile))
     monkeypatch.setitem(sys.modules, 'tensorflow', fake_tensorflow)
-    assert plots.load_metrics('ram://run') == plots.load_metrics(str(finished_run))
-    assert plots.load_predictions('ram://run')['labels'].tolist() == (
-        plots.load_predictions(str(finished_run))['labels'].tolist())
+    assert plots.load_metrics('ram://run/metrics.json') == metrics_of(finished_run)
+    assert plots.load_predictions('ram://run/predictions.npz')['labels'].tolist() == (
+        predictions_of(finished_run)['labels'].tolist())
     # Curves only: drawing every figure again would only slow the test down.
     paths = plots.write_run_plots('ram://curves')
     assert sorted(paths) == sorted(f'ram://curves/{name}' for name in CURVE_FIGURES)
