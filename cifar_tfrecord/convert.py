@@ -1,9 +1,12 @@
 """The converter: a source's images to stratified, shuffled TFRecord shards.
 
     source --batches of (id, png or pixels, label)--> decode and check
-           (TF threads) --> split train/validation per class --> shuffle
-           --> shards, under temporary names --> renamed --> manifest.json
+           (TF threads) --> ordered by id --> split train/validation per
+           class --> shuffle --> shards, under temporary names --> renamed
+           --> manifest.json
 
+Ordering each set by id makes the shards a function of the images, their
+labels and the flags alone, not of the order a source yields them in.
 Shards keep their temporary names until every set has been read, decoded
 and checked, and are removed on any error, so bad input leaves no partial
 output. The manifest goes last.
@@ -23,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from cifar_tfrecord import faults
 from cifar_tfrecord import records
 from cifar_tfrecord import sample
 from cifar_tfrecord import sources
@@ -36,6 +40,8 @@ _BATCH_SIZE = 1024
 # takes: PNGs are decoded in groups, one call per group.
 _DECODE_GROUP = 16
 _GROUP_CALLS = 2
+# The position of a copy that pads a batch to whole groups: not an image.
+_PADDING = -1
 _PROGRESS_SECONDS = 5.0
 # PNG chunks: length and type, then data, then a CRC-32 (RFC 2083).
 _PNG_CHUNK_HEAD = struct.Struct('>I4s')
@@ -46,7 +52,9 @@ _PNG_SIZE = struct.Struct('>II')  # IHDR starts with width, height.
 
 @dataclasses.dataclass(frozen=True)
 class LoadedSet:
-    """One of Kaggle's sets, decoded, checked and serialized, in memory."""
+    """One of Kaggle's sets, decoded, checked and serialized, in memory,
+    ordered by id (`sources.id_sort_key`).
+    """
     ids: list[str]
     labels: np.ndarray      # int64, (n,), UNKNOWN_LABEL where unlabelled
     records: list[bytes]    # serialized tf.train.Examples
@@ -142,7 +150,17 @@ def load_set(batches: Iterable[sources.SourceBatch], encoding: str,
     progress.done()
     if not ids:
         raise UserInputError(f'{kaggle_set}: the source holds no images')
-    return LoadedSet(ids, np.concatenate(labels), serialized)
+    return _in_id_order(ids, np.concatenate(labels), serialized)
+
+
+def _in_id_order(ids: list[str], labels: np.ndarray, serialized: list[bytes]) -> LoadedSet:
+    """The set ordered by id, whatever order its source yielded it in (a 7z
+    archive's entries, a file system's listing), so that splitting and
+    shuffling, which work on positions, give the same shards from either.
+    """
+    order = sorted(range(len(ids)), key=lambda index: sources.id_sort_key(ids[index]))
+    return LoadedSet([ids[index] for index in order], labels[order],
+                     [serialized[index] for index in order])
 
 
 def _decoded(batches: Iterator[sources.SourceBatch], encoding: str, kaggle_set: str
@@ -174,34 +192,39 @@ def _decoded_pngs(batches: Iterator[sources.SourceBatch], kaggle_set: str
     The source is read (files, or archives) inside the pipeline's generator
     while earlier batches decode, and the caller serializes what comes out:
     reading, decoding and serializing overlap on two cores.
+
+    Each PNG travels with its position in the set (copies that pad a batch
+    to whole groups with `_PADDING`), and the source's batches are rebuilt
+    from those positions: whatever sizes the source's batches have, every
+    image stays with its own id and label.
     """
     pending = collections.deque()  # Batches handed to TF, not yet decoded.
     source_errors = []
 
     def png_batches():
+        start = 0
         try:
             for batch in batches:
                 _check_signatures(batch.ids, batch.images, kaggle_set)
                 pending.append(batch)
-                yield _padded_to_groups(batch.images)
+                yield _padded_to_groups(batch.images), _positions(start, len(batch.ids))
+                start += len(batch.ids)
         except Exception as error:  # Raised again below, as itself.
             source_errors.append(error)
 
     dataset = (
-        tf.data.Dataset.from_generator(
-            png_batches, output_signature=tf.TensorSpec([None], tf.string))
+        tf.data.Dataset.from_generator(png_batches, output_signature=(
+            tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int64)))
         # The generator runs batches ahead, so decoding never waits on reading.
         .prefetch(4)
         .unbatch()
         .batch(_DECODE_GROUP, drop_remainder=True)
         .map(_decode_group, num_parallel_calls=_GROUP_CALLS, deterministic=True)
         .unbatch()
-        .batch(_padded_size(_BATCH_SIZE))  # Back to the source's batches, padded.
+        .batch(_BATCH_SIZE)  # Few calls out of TF; the batches are rebuilt below.
         .prefetch(1))
     try:
-        for images in dataset.as_numpy_iterator():
-            batch = pending.popleft()
-            yield batch, images[:len(batch.ids)]
+        yield from _rebuilt_batches(dataset.as_numpy_iterator(), pending)
     except tf.errors.InvalidArgumentError:
         if source_errors:
             raise source_errors[0] from None
@@ -211,14 +234,51 @@ def _decoded_pngs(batches: Iterator[sources.SourceBatch], kaggle_set: str
         raise source_errors[0]
 
 
-def _decode_group(pngs: tf.Tensor) -> tf.Tensor:
+def _rebuilt_batches(decoded: Iterable[tuple[np.ndarray, np.ndarray]],
+                     pending: collections.deque
+                     ) -> Iterator[tuple[sources.SourceBatch, np.ndarray]]:
+    """The source's batches, each with its images, from decoded `(images,
+    positions)` chunks; `pending` holds the batches not yet rebuilt, oldest
+    first.
+
+    Raises:
+        RuntimeError: an image arrived out of its place (a bug, not bad input).
+    """
+    next_position = 0
+    images = np.empty((0, *records.IMAGE_SHAPE), np.uint8)  # Not yet in a batch.
+    for chunk, positions in decoded:
+        is_image = positions != _PADDING
+        chunk, positions = chunk[is_image], positions[is_image]
+        if not np.array_equal(positions, np.arange(next_position, next_position + len(positions))):
+            raise RuntimeError(f'internal error: decoded images out of place after image '
+                               f'{next_position} (positions {positions[:5]}...)')
+        next_position += len(positions)
+        images = np.concatenate([images, chunk])
+        while pending and len(pending[0].ids) <= len(images):
+            batch = pending.popleft()
+            yield batch, images[:len(batch.ids)]
+            images = images[len(batch.ids):]
+    if pending or len(images):
+        raise RuntimeError(f'internal error: {len(pending)} batches and {len(images)} '
+                           'decoded images left over')
+
+
+def _decode_group(pngs: tf.Tensor, positions: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     # One op per image in the graph, run in parallel by TF.
-    return tf.stack([records.decode_png(png) for png in tf.unstack(pngs, num=_DECODE_GROUP)])
+    images = [records.decode_png(png) for png in tf.unstack(pngs, num=_DECODE_GROUP)]
+    return tf.stack(images), positions
 
 
 def _padded_to_groups(items: list) -> list:
     """A batch made a whole number of decoding groups, with copies of its last item."""
     return items + items[-1:] * (_padded_size(len(items)) - len(items))
+
+
+def _positions(start: int, count: int) -> np.ndarray:
+    """The positions in the set of a batch's images, padded as its images are."""
+    positions = np.full(_padded_size(count), _PADDING, np.int64)
+    positions[:count] = np.arange(start, start + count)
+    return positions
 
 
 def _padded_size(count: int) -> int:
@@ -344,27 +404,28 @@ class _Progress:
 
 def split_train(train: LoadedSet, validation_fraction: float,
                 seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Kaggle's train set to (train, validation) indices, stratified per class."""
+    """Kaggle's train set to (train, validation) indices, stratified per class.
+
+    Indices are positions in `train`, which is in id order (see LoadedSet),
+    so the split does not depend on the order of the source.
+    """
     if np.any(train.labels == records.UNKNOWN_LABEL):
         raise UserInputError('train: every training image needs a label')
-    # Ordering by id first makes the split independent of archive order.
-    sort_keys = [sources.id_sort_key(image_id) for image_id in train.ids]
-    order = np.array(sorted(range(len(sort_keys)), key=sort_keys.__getitem__))
     rng = np.random.default_rng(seed)
     validation = []
     for class_index in range(records.NUM_CLASSES):
-        members = order[train.labels[order] == class_index]
+        members = np.flatnonzero(train.labels == class_index)
         count = round(len(members) * validation_fraction)
         if len(members) >= 2:
             # Even tiny data validates and trains on every class.
             count = min(max(count, 1), len(members) - 1)
         validation.append(rng.permutation(members)[:count])
     validation = np.sort(np.concatenate(validation))
-    if len(validation) == 0 or len(validation) == len(order):
+    if len(validation) == 0 or len(validation) == len(train.ids):
         raise UserInputError(
             f'--validation_fraction={validation_fraction} leaves an empty split of '
-            f'{len(order)} training images')
-    return np.setdiff1d(order, validation), validation
+            f'{len(train.ids)} training images')
+    return np.setdiff1d(np.arange(len(train.ids)), validation), validation
 
 
 # ----------------------------------------------------------------------------
@@ -402,6 +463,7 @@ class _StagedWriter:
         for index, members in enumerate(np.array_split(shuffled, count)):
             path = os.path.join(self._config.output_dir, records.shard_name(split, index, count))
             records.write_partial_shard(path, [loaded.records[member] for member in members])
+            faults.reached('shard_written')
             shards.append(self._hasher.submit(records.describe_partial_shard, path, len(members)))
         logging.info('%s: wrote %d images in %d shards', split, len(shuffled), count)
         class_counts = collections.Counter(
@@ -419,8 +481,10 @@ class _StagedWriter:
         for split in splits.values():
             for shard in split.shards:
                 records.publish(os.path.join(output_dir, shard.name))
+                faults.reached('shard_published')
         manifest = records.Manifest(self._config.encoding, splits, provenance)
-        records.write_manifest(output_dir, manifest)
+        _write_manifest(output_dir, manifest)
+        faults.reached('manifest_published')
         _remove_unlisted_shards(output_dir, manifest)
         logging.info('Wrote %s: %s', records.manifest_path(output_dir), ', '.join(
             f'{name} {split.num_examples}' for name, split in splits.items()))
@@ -436,6 +500,17 @@ class _StagedWriter:
                 tf.io.gfile.remove(os.path.join(output_dir, name))
         if self._created_dir and not tf.io.gfile.listdir(output_dir):
             tf.io.gfile.rmtree(output_dir)
+
+
+def _write_manifest(output_dir: str, manifest: records.Manifest) -> None:
+    """`records.write_manifest`, with a fault injection point between the
+    write of the temporary file and its rename.
+    """
+    path = records.manifest_path(output_dir)
+    with tf.io.gfile.GFile(path + records.PARTIAL_SUFFIX, 'w') as file:
+        file.write(manifest.to_json())
+    faults.reached('manifest_written')
+    records.publish(path)
 
 
 def _existing_manifest(output_dir: str) -> records.Manifest | None:

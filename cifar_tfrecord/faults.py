@@ -12,7 +12,11 @@ it to the worker of that index in TF_CONFIG (a multi-worker job's processes
 share one environment). The points are named where they are reached:
 
     shard_written       the converter wrote one shard under its temporary name
-    manifest_written    the converter wrote the manifest's temporary file
+    shard_published     the converter renamed one shard into place
+    manifest_written    the converter wrote the manifest's temporary file, not
+                        yet renamed
+    manifest_published  the converter's manifest is in place; shards it does
+                        not list are not yet removed
     train_step          a training step ended (counted over the whole process)
     epoch_saved         an epoch's state was saved; the next has not begun
     inside_save         a file of a run is written, not yet renamed into place

@@ -1,12 +1,13 @@
 """The converter, driven through scripts/convert.py's flags."""
 
+import collections
 import hashlib
 import io
+import itertools
 import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 
 import numpy as np
@@ -16,6 +17,7 @@ import tensorflow as tf
 from PIL import Image, PngImagePlugin
 
 from cifar_tfrecord import convert as convert_lib
+from cifar_tfrecord import faults
 from cifar_tfrecord import records
 from cifar_tfrecord import sample
 from cifar_tfrecord import sources
@@ -108,6 +110,78 @@ def test_same_input_and_flags_give_byte_identical_shards(tmp_path, kaggle_zip, s
     assert other == first
     assert convert(kaggle_zip, tmp_path / 'third', '--seed=5') == 0
     assert _tree_digest(tmp_path / 'third') != first
+
+
+def test_image_order_in_the_source_does_not_change_the_shards(tmp_path, small_sample):
+    train, labels, test = small_sample
+    for name, order in (('forward', list), ('backward', reversed)):
+        # The 7z archives hold the same files, their entries in opposite orders.
+        (tmp_path / name).mkdir()
+        sample.write_kaggle_zip(str(tmp_path / name / 'cifar-10.zip'),
+                                dict(order(train.items())), sample.labels_csv(labels),
+                                dict(order(test.items())))
+        assert convert(tmp_path / name, tmp_path / f'{name}_records', '--num_shards=3') == 0
+    forward = _tree_digest(tmp_path / 'forward_records')
+    backward = _tree_digest(tmp_path / 'backward_records')
+    forward.pop('manifest.json'), backward.pop('manifest.json')
+    assert forward == backward
+    assert (records.load_manifest(str(tmp_path / 'forward_records')).splits
+            == records.load_manifest(str(tmp_path / 'backward_records')).splits)
+
+
+def _id_pixel_batches(sizes: list[int]):
+    """Source batches of these sizes: image n is all pixels n, label n mod 10."""
+    numbers = itertools.count()
+    for size in sizes:
+        batch_numbers = list(itertools.islice(numbers, size))
+        yield sources.SourceBatch(
+            [str(number) for number in batch_numbers],
+            [sample.encode_png(np.full(records.IMAGE_SHAPE, number, np.uint8))
+             for number in batch_numbers],
+            np.array([number % records.NUM_CLASSES for number in batch_numbers], np.int64))
+
+
+@pytest.mark.parametrize('encoding', records.ENCODINGS)
+def test_uneven_source_batches_keep_each_image_with_its_id_and_label(monkeypatch, encoding):
+    # Output chunks of 24 decoded images cut across the source's batches and
+    # the groups of 16 PNGs decoded at a time.
+    monkeypatch.setattr(convert_lib, '_BATCH_SIZE', 24)
+    # Short batches first, in the middle and last; some cross a group's end.
+    sizes = [5, 1, 40, 16, 3, 33, 17, 7, 1]
+    loaded = convert_lib.load_set(_id_pixel_batches(sizes), encoding, 'train')
+    parsed = records.parse_examples(tf.constant(loaded.records), encoding)
+    ids = [value.decode() for value in parsed['id'].numpy()]
+    assert ids == loaded.ids == [str(number) for number in range(sum(sizes))]
+    for number, (image, label) in enumerate(zip(parsed['image'].numpy(), parsed['label'].numpy())):
+        assert np.all(image == number), f'image {number} holds pixels {np.unique(image)}'
+        assert label == loaded.labels[number] == number % records.NUM_CLASSES
+
+
+def test_decoded_images_out_of_place_are_an_internal_error():
+    batch = sources.SourceBatch(['1', '2', '3'], [b''] * 3, np.zeros(3, np.int64))
+    images = np.zeros((4, *records.IMAGE_SHAPE), np.uint8)
+    rebuilt = convert_lib._rebuilt_batches(
+        [(images, np.array([0, 2, 1, convert_lib._PADDING]))], collections.deque([batch]))
+    with pytest.raises(RuntimeError, match='internal error: decoded images out of place'):
+        list(rebuilt)
+
+
+def test_a_changed_extracted_image_is_converted_again(tmp_path, small_sample, capsys):
+    data = _extracted_folder(tmp_path / 'data', small_sample)
+    output = tmp_path / 'records'
+    assert convert(data, output) == 0
+    before = records.load_manifest(str(output))
+    inverted = 255 - _pil_pixels(small_sample[0]['5'])
+    (data / 'train' / '5.png').write_bytes(sample.encode_png(inverted))
+
+    capsys.readouterr()
+    assert convert(data, output) == 1
+    assert 'already holds records made from other input' in capsys.readouterr().err
+    assert convert(data, output, '--overwrite') == 0
+    assert records.load_manifest(str(output)).splits != before.splits
+    images = {example_id: image for split in ('train', 'validation')
+              for example_id, image, _ in records.read_split(str(output), split)}
+    np.testing.assert_array_equal(images['5'], inverted)
 
 
 def test_rerun_is_a_no_op_and_other_flags_need_overwrite(tmp_path, kaggle_zip, capsys):
@@ -432,9 +506,21 @@ def test_missing_kaggle_credentials_via_the_flag(tmp_path, monkeypatch, capsys):
 
 
 # ----------------------------------------------------------------------------
-# Killed for real: SIGKILL at seeded moments of the writing, then a rerun.
+# Killed for real: SIGKILL at chosen points of the writing, then a rerun.
 
-_KILLS = 3
+# (point, visit, seed) of each kill, in turn, on one records folder. Seed 0
+# writes 16 shards per split, seed 1 writes 12.
+_KILLS = (
+    # A first conversion's first shard, under its temporary name.
+    ('shard_written', 1, 0),
+    # A whole conversion, before it removes the temporary file left above.
+    ('manifest_published', 1, 1),
+    # A conversion replacing that one: its manifest went first, then shards
+    # were published up to the second of validation's.
+    ('shard_published', 18, 0),
+    # The manifest written under its temporary name, not renamed.
+    ('manifest_written', 1, 1),
+)
 
 
 def _check_no_reader_sees_a_partial_conversion(output_dir):
@@ -454,50 +540,31 @@ def _check_no_reader_sees_a_partial_conversion(output_dir):
     return counts
 
 
-def _writing_since(output_dir, started: float) -> bool:
-    """Whether a temporary shard file was written after `started`."""
-    for name in os.listdir(output_dir) if output_dir.is_dir() else []:
-        try:
-            if name.endswith(records.PARTIAL_SUFFIX) and (
-                    (output_dir / name).stat().st_mtime >= started):
-                return True
-        except FileNotFoundError:  # Renamed meanwhile.
-            pass
-    return False
-
-
 def test_killed_conversions_leave_only_whole_records_and_a_rerun_completes(tmp_path):
     output_dir = tmp_path / 'records'
-    rng = np.random.default_rng(9)
+    whole = {'train': 900, 'validation': 100, 'test': 100}
 
-    def command(seed):
+    def flags(seed):
         # --overwrite with another seed and shard count: every run replaces
         # the records before, and leaves stale shards if it fails to clean.
-        return [sys.executable, os.path.join(REPOSITORY, 'scripts', 'convert.py'),
-                '--source=sample', f'--output_dir={output_dir}', f'--num_shards={16 - 4 * seed}',
+        return ['--source=sample', f'--output_dir={output_dir}', f'--num_shards={16 - 4 * seed}',
                 '--sample_images_per_class=100', '--sample_test_images=100',
                 f'--seed={seed}', '--overwrite']
 
-    outcomes = []
-    for kill in range(_KILLS):
-        started = time.time()
-        process = subprocess.Popen(command(kill % 2), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        # Writing takes a fraction of a second after seconds of start-up and
-        # reading: the kill comes a seeded moment after this run's first shard
-        # file, in the writing, the renaming, or after the manifest.
-        while process.poll() is None and not _writing_since(output_dir, started):
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.6))
-        process.kill()
-        outcomes.append(process.wait())
-        _check_no_reader_sees_a_partial_conversion(str(output_dir))
-    assert -signal.SIGKILL in outcomes  # At least one kill hit a running converter.
+    for point, visit, seed in _KILLS:
+        killed = subprocess.run(
+            [sys.executable, os.path.join(REPOSITORY, 'scripts', 'convert.py'), *flags(seed)],
+            capture_output=True, text=True, env=dict(os.environ, **faults.kill_at(point, visit)))
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert f'{faults.KILLED_MESSAGE} {point}:{visit}' in killed.stderr.splitlines()
+        counts = _check_no_reader_sees_a_partial_conversion(str(output_dir))
+        assert counts == (whole if point == 'manifest_published' else None), point
+        if point == 'shard_published':
+            assert any(name.endswith('-of-00016.tfrecord') for name in os.listdir(output_dir))
 
-    finished = subprocess.run(command(1), capture_output=True, text=True)
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    assert _check_no_reader_sees_a_partial_conversion(str(output_dir)) == {
-        'train': 900, 'validation': 100, 'test': 100}
+    # The rerun, in this process: one TensorFlow start-up fewer.
+    assert run_script('convert', *flags(1)) == 0
+    assert _check_no_reader_sees_a_partial_conversion(str(output_dir)) == whole
     manifest = records.load_manifest(str(output_dir))
     assert manifest.provenance['options']['seed'] == 1
     listed = {shard.name for split in manifest.splits.values() for shard in split.shards}

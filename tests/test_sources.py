@@ -1,10 +1,12 @@
 """Sources: Kaggle's layouts, the Kaggle download, tensorflow-datasets."""
 
+import os
 import zipfile
 
 import numpy as np
 import pytest
 import requests
+import tensorflow as tf
 
 from cifar_tfrecord import records
 from cifar_tfrecord import sample
@@ -27,12 +29,7 @@ def test_zip_7z_folder_and_extracted_pngs_give_the_same_examples(tmp_path, kaggl
     train, labels, test = small_sample
     with zipfile.ZipFile(kaggle_zip / 'cifar-10.zip') as archive:
         archive.extractall(tmp_path / 'sevenzip')
-    extracted = tmp_path / 'extracted'
-    for name, files in (('train', train), ('test', test)):
-        (extracted / name).mkdir(parents=True)
-        for image_id, png in files.items():
-            (extracted / name / f'{image_id}.png').write_bytes(png)
-    (extracted / sources.LABELS_CSV).write_text(sample.labels_csv(labels))
+    extracted = _extracted(tmp_path / 'extracted', small_sample)
 
     expected_train = {image_id: (png, records.CLASS_NAMES.index(labels[image_id]))
                       for image_id, png in train.items()}
@@ -42,6 +39,52 @@ def test_zip_7z_folder_and_extracted_pngs_give_the_same_examples(tmp_path, kaggl
         assert layout.sets() == ('train', 'test')
         for kaggle_set, expected in (('train', expected_train), ('test', expected_test)):
             assert _examples(layout, kaggle_set) == expected
+
+
+def _extracted(folder, small_sample):
+    train, labels, test = small_sample
+    for name, files in (('train', train), ('test', test)):
+        (folder / name).mkdir(parents=True)
+        for image_id, png in files.items():
+            (folder / name / f'{image_id}.png').write_bytes(png)
+    (folder / sources.LABELS_CSV).write_text(sample.labels_csv(labels))
+    return folder
+
+
+@pytest.mark.parametrize('change', ['modification time', 'size'])
+def test_fingerprint_sees_any_extracted_file_change(tmp_path, small_sample, change):
+    data = _extracted(tmp_path / 'data', small_sample)
+    before = sources.KaggleLayout(str(data)).fingerprint()
+    assert sources.KaggleLayout(str(data)).fingerprint() == before
+    image = data / 'test' / '3.png'
+    stat = image.stat()
+    if change == 'size':
+        # The same modification time, and the folder's own entries unchanged.
+        image.write_bytes(image.read_bytes() + b'\0')
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    else:
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert sources.KaggleLayout(str(data)).fingerprint() != before
+
+
+def test_fingerprint_of_extracted_images_stays_small(tmp_path, small_sample):
+    data = _extracted(tmp_path / 'data', small_sample)
+    files = sources.KaggleLayout(str(data)).fingerprint()['files']
+    # One entry per subfolder, however many images it holds.
+    assert [entry[:2] for entry in files] == [
+        ['test/', len(small_sample[2])], ['train/', len(small_sample[0])],
+        [sources.LABELS_CSV, (data / sources.LABELS_CSV).stat().st_size]]
+
+
+def test_extracted_files_are_read_in_name_order(tmp_path, small_sample, monkeypatch):
+    data = _extracted(tmp_path / 'data', small_sample)
+    listdir = tf.io.gfile.listdir
+    # Whatever order the file system lists them in.
+    monkeypatch.setattr(tf.io.gfile, 'listdir', lambda path: sorted(listdir(path), reverse=True))
+    for kaggle_set in sources.KAGGLE_SETS:
+        ids = [image_id for batch in sources.KaggleLayout(str(data)).batches(kaggle_set, 4)
+               for image_id in batch.ids]
+        assert ids == sorted(ids) and len(ids) > 1
 
 
 @pytest.mark.parametrize('text, message', [
