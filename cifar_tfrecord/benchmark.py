@@ -290,20 +290,26 @@ def _stage_breakdown(config: InputConfig, manifest: records.Manifest, repeats: i
     paths = records.shard_paths(config.records_dir, 'train', manifest)
     count = manifest.splits['train'].num_examples
     batch = config.batch_size
+    steps = count // batch  # From stage 3 on, batches come epoch after epoch.
 
     def read():
-        return pipeline.read(paths, training=True, seed=config.seed)
+        return pipeline.read(paths)
 
     def parsed():
         return pipeline.decoded(read(), manifest.encoding)
 
-    def batched():
-        return pipeline.shuffled_epochs(parsed(), config, count, batch)
+    def batched(augment: bool = False):
+        images = pipeline.cached(parsed(), '')
+
+        def epoch(number):
+            key = pipeline.epoch_key(config.seed, number)
+            batches = pipeline.shuffled_batches(images, config, key, batch, steps, count)
+            return pipeline.augmented(batches, key) if augment else batches
+
+        return tf.data.Dataset.counter().flat_map(epoch)
 
     def augmented():
-        return pipeline.with_seeds(batched(), config.seed).map(
-            lambda seed, pair: (pipeline.augment(pair[0], seed), pair[1]),
-            num_parallel_calls=pipeline.AUTOTUNE)
+        return batched(augment=True)
 
     def normalized():
         return augmented().map(lambda images, labels: (
@@ -315,7 +321,6 @@ def _stage_breakdown(config: InputConfig, manifest: records.Manifest, repeats: i
             pipeline.upsample(images, 224, config.upsample_method), labels),
             num_parallel_calls=pipeline.AUTOTUNE)
 
-    steps = count // batch  # From stage 3 on, batches repeat endlessly.
     stages = [('stage_1_read', lambda: read().batch(batch), None),
               ('stage_2_parse_decode', lambda: parsed().batch(batch), None),
               ('stage_3_cache_shuffle_batch', batched, steps),

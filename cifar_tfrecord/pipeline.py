@@ -1,17 +1,20 @@
 """The tf.data input pipeline: TFRecord shards to training batches.
 
     shards (manifest) -> read (interleave) -> parse (vectorized) -> cache
-    -> shuffle (images) -> batch -> augment -> normalize, one-hot, upsample
-    -> prefetch
+    -> for each epoch: shuffle (images) -> batch -> augment
+    -> normalize, one-hot, upsample -> prefetch
 
 Each stage is a small pure function; `make_dataset` chains them and returns
-the dataset with its example count. With `upsample_on='device'` images leave
+the dataset with its example count. Epoch k's order and augmentation are a
+function of the seed and k alone, so a resumed run builds its input from the
+epoch it resumes at and sees what an uninterrupted run would have seen. With `upsample_on='device'` images leave
 the host as uint8 32x32 (4x less traffic than float32, 49x less than 224 px)
 and the model normalizes and upsamples them on the accelerator.
 
 Depends on the records module alone.
 """
 
+import os
 
 import keras
 import tensorflow as tf
@@ -25,8 +28,6 @@ AUTOTUNE = tf.data.AUTOTUNE
 # Records parsed per parse_example call: large enough to amortize the op.
 _PARSE_BATCH = 1024
 _PADDING = 4
-# Shuffle buffer of the first epoch, which is read from the files.
-_FIRST_EPOCH_SHUFFLE_BUFFER = 8192
 
 
 # ----------------------------------------------------------------------------
@@ -97,18 +98,28 @@ def upsample(images: tf.Tensor, size: int, method: str) -> tf.Tensor:
 
 def make_dataset(config: InputConfig, split: str, training: bool,
                  input_context: tf.distribute.InputContext | None = None,
-                 manifest: records.Manifest | None = None) -> tuple[tf.data.Dataset, int]:
+                 manifest: records.Manifest | None = None, first_epoch: int = 0,
+                 epochs: int | None = None, steps_per_epoch: int | None = None,
+                 service_job: str = 'train') -> tuple[tf.data.Dataset, int]:
     """The dataset of one split, and the number of examples in the split.
 
     Args:
         config: the input configuration.
         split: 'train', 'validation' or 'test'.
-        training: shuffle, augment, smooth labels, drop the last partial batch
-            (static shapes for XLA) and repeat endlessly, count // batch_size
-            batches an epoch; otherwise one pass over every example, in order.
+        training: shuffle, augment, smooth labels and drop each epoch's last
+            partial batch (static shapes for XLA), epoch after epoch;
+            otherwise one pass over every example, in order.
         input_context: from `distribute_datasets_from_function`; gives this
             input pipeline's batch size and its part of the data.
         manifest: the records' manifest, when the caller has loaded it.
+        first_epoch, epochs: training only: the epochs [first_epoch, epochs)
+            to deliver, endless when `epochs` is None. Epoch k's order and
+            augmentation depend on `config.seed` and k alone, so a run
+            resumed at epoch k gets the batches it would have had.
+        steps_per_epoch: training only: the steps of a Keras epoch (default
+            examples // global batch); an epoch delivers exactly that many.
+        service_job: training through a tf.data service only: the job the
+            workers of one training attempt share, and no other attempt.
 
     Returns:
         (dataset, examples in the split). Elements are (images, one-hot
@@ -116,53 +127,152 @@ def make_dataset(config: InputConfig, split: str, training: bool,
     """
     config.validate()
     manifest = manifest or records.load_manifest(config.records_dir)
-    paths = checked_shard_paths(config, split, manifest)
     count = manifest.splits[split].num_examples
-    batch_size = config.batch_size
-    if input_context is not None:
-        batch_size = input_context.get_per_replica_batch_size(config.batch_size)
+    source = _Source(checked_shard_paths(config, split, manifest), manifest.encoding,
+                     cache_path(config.cache, manifest, split, input_context))
     if training:
-        dataset = _training_batches(paths, manifest.encoding, config, batch_size, count,
-                                    input_context)
+        steps_per_epoch = steps_per_epoch or count // config.batch_size
+        epoch_range = tf.data.Dataset.range(first_epoch, epochs) if epochs is not None \
+            else tf.data.Dataset.counter(first_epoch)
+        if config.data_service:
+            dataset = _served_training_batches(source, config, count, input_context,
+                                               epoch_range, steps_per_epoch, service_job)
+        else:
+            dataset = _training_batches(source, config, count, input_context, epoch_range,
+                                        steps_per_epoch)
     else:
-        dataset = _evaluation_batches(paths, manifest.encoding, config, batch_size, count,
-                                      input_context)
-    # Only training goes through the service. Evaluation is light (no
-    # augmentation) and each pass must see every image once; a second pass
-    # through the service would join the first, finished job of the same
-    # name, and get what is left of it, or nothing.
-    if config.data_service and training:
-        dataset = dataset.apply(tf.data.experimental.service.distribute(
-            processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
-            service=config.data_service, job_name=f'{split}_train'))
+        dataset = _evaluation_batches(source, config, count, input_context)
     return dataset.prefetch(AUTOTUNE), count
 
 
-def _training_batches(paths, encoding, config, batch_size, count, input_context):
-    dataset = decoded(read(paths, True, config.seed, input_context), encoding)
-    dataset = shuffled_epochs(dataset, config, count, batch_size)
+class _Source:
+    """A split's shards, their encoding, and where to cache them decoded."""
+
+    def __init__(self, paths: list[str], encoding: str, cache: str):
+        self.paths, self.encoding, self.cache = paths, encoding, cache
+
+    def images(self, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+        """(uint8 image, int64 label) of this pipeline's part, in a fixed order, cached."""
+        return cached(decoded(read(self.paths, input_context), self.encoding), self.cache)
+
+
+def _training_batches(source, config, count, input_context, epoch_range, steps_per_epoch):
+    """Batches of epoch after epoch, each a function of (seed, epoch) alone.
+
+    Each input pipeline reads its own part, and an epoch gives it the batches
+    of its replicas for `steps_per_epoch` steps.
+    """
+    batch_size, replicas = _per_replica(config.batch_size, input_context)
+    images = source.images(input_context)
+    return epoch_range.flat_map(lambda epoch: epoch_batches(
+        images, config, epoch, batch_size, replicas * steps_per_epoch, count))
+
+
+def _served_training_batches(source, config, count, input_context, epoch_range,
+                             steps_per_epoch, service_job):
+    """Training batches made by tf.data service workers.
+
+    Every pipeline registers the same dataset, the whole split, and joins
+    the same job: with dynamic sharding the service hands each epoch (the
+    first source is the range of epochs) to one of its workers, and each
+    batch to one consumer, so an image comes once an epoch across the
+    workers of a job. Which worker gets which batch is not determined.
+    """
+    batch_size, _ = _per_replica(config.batch_size, input_context)
+    replicas = input_context.num_replicas_in_sync if input_context else 1
+    images = source.images()
+    dataset = epoch_range.flat_map(lambda epoch: epoch_batches(
+        images, config, epoch, batch_size, replicas * steps_per_epoch, count))
+    return dataset.apply(tf.data.experimental.service.distribute(
+        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
+        service=config.data_service, job_name=service_job))
+
+
+def _per_replica(batch_size: int, input_context) -> tuple[int, int]:
+    """(images per replica, replicas this input pipeline feeds)."""
+    if input_context is None:
+        return batch_size, 1
+    return (input_context.get_per_replica_batch_size(batch_size),
+            input_context.num_replicas_in_sync // input_context.num_input_pipelines)
+
+
+def epoch_batches(images: tf.data.Dataset, config: InputConfig, epoch: tf.Tensor,
+                  batch_size: int, num_batches: int, count: int) -> tf.data.Dataset:
+    """One epoch's training batches: shuffled, batched, augmented, finished.
+
+    The permutation and the augmentation are drawn from (config.seed, epoch)
+    alone.
+    """
+    key = epoch_key(config.seed, epoch)
+    batches = shuffled_batches(images, config, key, batch_size, num_batches, count)
     if config.augment:
-        dataset = with_seeds(dataset, config.seed).map(
-            lambda seed, batch: (augment(batch[0], seed), batch[1]),
-            num_parallel_calls=AUTOTUNE)
-    return dataset.map(lambda images, labels: finish(images, labels, config, True),
+        batches = augmented(batches, key)
+    return batches.map(lambda images, labels: finish(images, labels, config, True),
                        num_parallel_calls=AUTOTUNE)
 
 
-def _evaluation_batches(paths, encoding, config, batch_size, count, input_context):
+def shuffled_batches(images: tf.data.Dataset, config: InputConfig, key: tf.Tensor,
+                     batch_size: int, num_batches: int, count: int) -> tf.data.Dataset:
+    """`num_batches` batches of a permutation of `images` drawn from `key`.
+
+    A stateless permutation of each window of `shuffle_buffer_size` images
+    (by default one window, the whole split): `Dataset.shuffle` would mix
+    TensorFlow's global seed into the order, and fails outright on a seed
+    computed in the pipeline when the global seed is 0.
+
+    The permutation repeats if this pipeline's part of the split is too
+    small for `num_batches`: every epoch has exactly as many steps on every
+    worker, whose collective operations must match.
+    """
+    window = config.shuffle_buffer_size or count
+    shuffled = images.batch(window).enumerate().map(
+        lambda index, window_images: permuted(window_images, tf.stack([key[0], index])),
+        num_parallel_calls=AUTOTUNE).unbatch().repeat()
+    # drop_remainder keeps shapes static for XLA.
+    return shuffled.batch(batch_size, drop_remainder=True,
+                          num_parallel_calls=AUTOTUNE).take(num_batches)
+
+
+def permuted(examples: tuple[tf.Tensor, ...], seed: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """The same random permutation of every tensor's first axis, from `seed`."""
+    order = tf.argsort(tf.random.stateless_uniform(tf.shape(examples[0])[:1], seed))
+    return tuple(tf.gather(tensor, order) for tensor in examples)
+
+
+def augmented(batches: tf.data.Dataset, key: tf.Tensor) -> tf.data.Dataset:
+    """Augments each batch with its own seed, drawn from `key` and its position."""
+    return batches.enumerate().map(
+        lambda step, batch: (augment(batch[0], tf.stack([key[1], step])), batch[1]),
+        num_parallel_calls=AUTOTUNE)
+
+
+def epoch_key(seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    """The random key of one epoch: shape [2], int64, a hash of (seed, epoch).
+
+    Its first half seeds the epoch's permutation; its second, with the
+    batch's position, the batch's augmentation.
+    """
+    return tf.random.stateless_uniform(
+        [2], tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]),
+        minval=None, maxval=None, dtype=tf.int64)
+
+
+def _evaluation_batches(source, config, count, input_context):
     if input_context is None:
-        dataset = cached(decoded(read(paths, False, config.seed), encoding), config.cache)
-        return dataset.batch(batch_size, num_parallel_calls=AUTOTUNE).map(
+        return source.images().batch(config.batch_size, num_parallel_calls=AUTOTUNE).map(
             lambda images, labels: finish(images, labels, config, False),
             num_parallel_calls=AUTOTUNE)
     # Distributed: a replica must never get an empty batch (ResNet50 fails on
     # one), and every worker must run the same number of steps. So each
     # worker reads the whole split, padded to full batches with examples of
-    # weight 0, which leave the metrics exact.
-    local_replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
-    padding = -count % (batch_size * local_replicas)
-    dataset = cached(decoded(read(paths, False, config.seed), encoding), config.cache)
-    dataset = dataset.map(lambda image, label: (image, label, 1.0)).concatenate(
+    # weight 0.
+    batch_size, replicas = _per_replica(config.batch_size, input_context)
+    padding = -count % (batch_size * replicas)
+    # Keras weights each batch's mean loss by its size, padding included; a
+    # real example's weight of padded/real makes the mean over the real
+    # examples exact. Weighted metrics do not change under a common factor.
+    weight = (count + padding) / count
+    dataset = source.images().map(lambda image, label: (image, label, weight)).concatenate(
         tf.data.Dataset.from_tensors(
             (tf.zeros(records.IMAGE_SHAPE, tf.uint8), tf.constant(0, tf.int64), 0.0)
         ).repeat(padding))
@@ -177,16 +287,18 @@ def decoded(serialized: tf.data.Dataset, encoding: str) -> tf.data.Dataset:
         lambda batch: parse(batch, encoding), num_parallel_calls=AUTOTUNE).unbatch()
 
 
-def read(paths: list[str], training: bool, seed: int,
+def read(paths: list[str],
          input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-    """Serialized records from the shards, interleaved, this worker's part only."""
+    """Serialized records from the shards, this worker's part only.
+
+    Always in the same order: the converter already spread the records over
+    the shards at random, and each epoch shuffles them (`epoch_batches`).
+    """
     files = tf.data.Dataset.from_tensor_slices(paths)
     workers = input_context.num_input_pipelines if input_context else 1
     shard_by_file = workers > 1 and len(paths) >= workers
     if shard_by_file:
         files = files.shard(workers, input_context.input_pipeline_id)
-    if training:
-        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     dataset = files.interleave(
         tf.data.TFRecordDataset, cycle_length=min(len(paths), 16),
         num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -199,52 +311,38 @@ def read(paths: list[str], training: bool, seed: int,
     return dataset
 
 
-def cached(dataset: tf.data.Dataset, cache: str) -> tf.data.Dataset:
-    """Caches the decoded uint8 images: 'memory', or files at a path prefix.
+def cache_path(cache: str, manifest: records.Manifest, split: str,
+               input_context: tf.distribute.InputContext | None = None) -> str:
+    """The cache of one split and input pipeline: '' in memory, else a file prefix.
+
+    A file cache is named by the records' fingerprint, the split and the
+    pipeline, so it never serves another split, another worker's part, or
+    records converted since. TensorFlow reads a finished cache file in place
+    of its input, whatever that input is.
+    """
+    if cache == 'memory':
+        return ''
+    pipeline_id, pipelines = ((input_context.input_pipeline_id, input_context.num_input_pipelines)
+                              if input_context else (0, 1))
+    name = f'{manifest.fingerprint()[:16]}-{split}-{pipeline_id}-of-{pipelines}'
+    if cache.endswith('/') or tf.io.gfile.isdir(cache):
+        return os.path.join(cache, f'cache-{name}')
+    return f'{cache}-{name}'
+
+
+def cached(dataset: tf.data.Dataset, path: str) -> tf.data.Dataset:
+    """Caches the decoded uint8 images: in memory (''), or in files at `path`.
 
     The cache comes before every random or expanding stage, so later epochs
-    neither re-read the files nor replay one epoch's augmentation.
+    neither re-read the files nor replay one epoch's augmentation. A file
+    cache that a killed process left unfinished is removed: TensorFlow would
+    refuse to write over its lock file.
     """
-    return dataset.cache('' if cache == 'memory' else cache)
-
-
-def shuffled_epochs(dataset: tf.data.Dataset, config: InputConfig, num_examples: int,
-                    batch_size: int) -> tf.data.Dataset:
-    """Endless batches of the cached images, epoch after epoch, each reshuffled.
-
-    Keras counts the steps of an epoch: num_examples // batch_size. Later
-    epochs shuffle the whole split (by default) from the cache. The first is
-    shuffled as it is read, through a smaller buffer: a full one would hold
-    back the first batch until every file was read, so reading would not
-    overlap the rest of the work. The first epoch is still well mixed: the
-    converter wrote the records in random order across shards, and they are
-    read from shuffled, interleaved files.
-    """
-    buffer_size = config.shuffle_buffer_size or num_examples
-
-    def epochs(images: tf.data.Dataset, shuffle_buffer_size: int, part: int) -> tf.data.Dataset:
-        # Each part has its own seed: with one seed, the second part's first
-        # epoch would repeat the first's order of the same cached images.
-        shuffled = images.shuffle(shuffle_buffer_size, seed=config.seed * 2 + part,
-                                  reshuffle_each_iteration=True)
-        # drop_remainder keeps shapes static for XLA.
-        return shuffled.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
-
-    if config.data_service:
-        # A tf.data service worker sees different files each epoch, where a
-        # cache would replay the first; it reads from the files instead.
-        return epochs(dataset, buffer_size, 0).repeat()
-    images = cached(dataset, config.cache)
-    # The second part starts when the first has read every image, so it
-    # finds the cache complete.
-    first = epochs(images, min(buffer_size, _FIRST_EPOCH_SHUFFLE_BUFFER), 0)
-    return first.concatenate(epochs(images, buffer_size, 1).repeat())
-
-
-def with_seeds(dataset: tf.data.Dataset, seed: int) -> tf.data.Dataset:
-    """Pairs each element with a fresh stateless seed; new seeds every epoch."""
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    return tf.data.Dataset.zip(seeds, dataset)
+    if path and not tf.io.gfile.exists(path + '.index'):
+        tf.io.gfile.makedirs(os.path.dirname(path) or '.')
+        for leftover in tf.io.gfile.glob(path + '_*'):
+            tf.io.gfile.remove(leftover)
+    return dataset.cache(path)
 
 
 def finish(images: tf.Tensor, labels: tf.Tensor, config: InputConfig,
@@ -273,8 +371,12 @@ def checked_shard_paths(config: InputConfig, split: str,
 
 
 def distribute(strategy: tf.distribute.Strategy, config: InputConfig, split: str,
-               training: bool) -> tuple[tf.distribute.DistributedDataset, int]:
-    """`make_dataset` for every replica of a strategy, each with its share."""
+               training: bool, **epochs) -> tuple[tf.distribute.DistributedDataset, int]:
+    """`make_dataset` for every replica of a strategy, each with its share.
+
+    `epochs`: make_dataset's first_epoch, epochs, steps_per_epoch and
+    service_job, for training.
+    """
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise UserInputError(
@@ -282,7 +384,7 @@ def distribute(strategy: tf.distribute.Strategy, config: InputConfig, split: str
             f'replicas; use a multiple of {replicas}')
     manifest = records.load_manifest(config.records_dir)
     dataset = strategy.distribute_datasets_from_function(
-        lambda context: make_dataset(config, split, training, context, manifest)[0])
+        lambda context: make_dataset(config, split, training, context, manifest, **epochs)[0])
     logging.info('%s: %d replicas, %d images per replica per step', split, replicas,
                  config.batch_size // replicas)
     return dataset, manifest.splits[split].num_examples

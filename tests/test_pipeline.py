@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cifar_tfrecord import convert
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
-from cifar_tfrecord.config import InputConfig
+from cifar_tfrecord.config import ConvertConfig, InputConfig
 from cifar_tfrecord.errors import UserInputError
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
@@ -184,6 +185,87 @@ def test_file_cache(sample_records, tmp_path):
     assert _examples(epochs[6:]) == _expected(sample_records, 'train')
 
 
+def _batches(dataset):
+    return [images.tobytes() + targets.tobytes() for images, targets in dataset.as_numpy_iterator()]
+
+
+@pytest.mark.parametrize('cache', ['memory', 'file'])
+def test_epoch_k_depends_on_the_seed_and_k_alone(sample_records, tmp_path, cache):
+    config = _config(sample_records, augment=True, label_smoothing=0.1, seed=5,
+                     cache='memory' if cache == 'memory' else str(tmp_path / 'cache'))
+    whole, _ = pipeline.make_dataset(config, 'train', True, epochs=4, steps_per_epoch=3)
+    batches = _batches(whole)
+    assert len(batches) == 12  # Exactly steps_per_epoch batches an epoch.
+    assert len(set(batches)) == 12
+    # A run resumed at epoch 2 gets the batches an uninterrupted run gets there.
+    resumed, _ = pipeline.make_dataset(config, 'train', True, first_epoch=2, epochs=4,
+                                       steps_per_epoch=3)
+    assert _batches(resumed) == batches[6:]
+    other, _ = pipeline.make_dataset(dataclasses.replace(config, seed=6), 'train', True,
+                                     first_epoch=2, epochs=4, steps_per_epoch=3)
+    assert not set(_batches(other)) & set(batches)
+
+
+def test_a_small_part_of_the_split_still_fills_every_epoch(sample_records):
+    # Two workers: each reads 2 of the 4 train shards, 30 images, and 4 steps
+    # of 10 images need 40: the epoch's permutation repeats, and the next
+    # epoch starts where it should.
+    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
+                                         num_replicas_in_sync=2)
+    config = _config(sample_records, batch_size=20)
+    whole, _ = pipeline.make_dataset(config, 'train', True, context, epochs=2,
+                                     steps_per_epoch=4)
+    batches = list(whole.as_numpy_iterator())
+    assert [images.shape[0] for images, _ in batches] == [10] * 8
+    first_epoch = _examples(batches[:4])
+    assert sum(first_epoch.values()) == 40 and len(first_epoch) == 30
+    later, _ = pipeline.make_dataset(config, 'train', True, context, first_epoch=1, epochs=2,
+                                     steps_per_epoch=4)
+    assert _batches(later) == [images.tobytes() + targets.tobytes()
+                               for images, targets in batches[4:]]
+
+
+def test_a_file_cache_serves_each_split_its_own_images(sample_records, tmp_path):
+    # The cache's folder does not exist yet; the training cache is finished
+    # before the validation split is read with the same --cache.
+    config = _config(sample_records, cache=str(tmp_path / 'missing' / 'cache'))
+    training, _ = pipeline.make_dataset(config, 'train', True, epochs=1)
+    assert _examples(training.as_numpy_iterator()) == _expected(sample_records, 'train')
+    validation, _ = pipeline.make_dataset(config, 'validation', False)
+    for _ in range(2):  # Written, then read back from the file.
+        assert _examples(validation) == _expected(sample_records, 'validation')
+    names = os.listdir(tmp_path / 'missing')
+    assert sum(name.endswith('.index') for name in names) == 2
+
+
+def test_a_file_cache_never_outlives_a_conversion(records_copy, tmp_path):
+    config = _config(str(records_copy), cache=str(tmp_path / 'cache'))
+    dataset, _ = pipeline.make_dataset(config, 'validation', False)
+    assert _examples(dataset) == _expected(str(records_copy), 'validation')
+    convert.convert(ConvertConfig(
+        source='sample', output_dir=str(records_copy), sample_images_per_class=8,
+        sample_test_images=12, num_shards=4, validation_fraction=0.25, seed=7, overwrite=True))
+    new_images = _expected(str(records_copy), 'validation')
+    dataset, _ = pipeline.make_dataset(config, 'validation', False)
+    assert _examples(dataset) == new_images
+    assert not set(new_images) & set(_expected(str(records_copy), 'train'))
+
+
+def test_a_file_cache_left_unfinished_by_a_killed_run_is_rewritten(sample_records, tmp_path):
+    config = _config(sample_records, cache=str(tmp_path))  # A folder: files go inside.
+    manifest = records.load_manifest(sample_records)
+    path = pipeline.cache_path(config.cache, manifest, 'validation')
+    assert os.path.dirname(path) == str(tmp_path)
+    # What TensorFlow leaves when its cache writer is killed.
+    for leftover in ('_0.lockfile', '_0.data-00000-of-00001.tempstate123'):
+        with open(path + leftover, 'wb') as file:
+            file.write(b'partial')
+    dataset, _ = pipeline.make_dataset(config, 'validation', False)
+    assert _examples(dataset) == _expected(sample_records, 'validation')
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        os.path.basename(path) + suffix for suffix in ('.index', '.data-00000-of-00001'))
+
+
 def test_two_replicas_each_get_their_per_replica_batch(sample_records):
     strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
     dataset, _ = pipeline.distribute(strategy, _config(sample_records), 'train', True)
@@ -210,6 +292,25 @@ def test_tf_data_service_delivers_the_same_examples(sample_records):
     epoch = list(dataset.take(count // config.batch_size).as_numpy_iterator())
     assert _examples(epoch) == _expected(sample_records, 'train')
     del worker, dispatcher
+
+
+def test_workers_sharing_a_service_job_get_each_image_once_an_epoch(sample_records):
+    dispatcher = tf.data.experimental.service.DispatchServer()
+    address = dispatcher.target.split('://')[1]
+    service_workers = [tf.data.experimental.service.WorkerServer(
+        tf.data.experimental.service.WorkerConfig(dispatcher_address=address))
+        for _ in range(2)]
+    config = _config(sample_records, batch_size=20, data_service=dispatcher.target)
+    # Two training workers of one job, two epochs (the trainer asks for
+    # endless epochs: consumers take batches at uneven rates).
+    datasets = [pipeline.make_dataset(config, 'train', True, tf.distribute.InputContext(2, index, 2),
+                                      epochs=2, service_job='run-1')[0] for index in range(2)]
+    delivered = [list(dataset.as_numpy_iterator()) for dataset in datasets]
+    found = _examples(batch for batches in delivered for batch in batches)
+    # Each of the 60 images twice: once in each epoch, to one of the workers.
+    assert found == collections.Counter({example: 2 for example in
+                                         _expected(sample_records, 'train')})
+    del service_workers, dispatcher
 
 
 def test_evaluation_reads_every_image_in_process_even_with_a_service(sample_records):
