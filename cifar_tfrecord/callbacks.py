@@ -6,6 +6,7 @@ file behind.
 """
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -13,7 +14,11 @@ import os
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+from cifar_tfrecord import faults
+from cifar_tfrecord import run_folder
 
 HISTORY_COLUMNS = ('epoch', 'phase', 'loss', 'accuracy', 'val_loss', 'val_accuracy',
                    'learning_rate', 'images_per_second', 'epoch_seconds')
@@ -23,19 +28,25 @@ _PARTIAL = '.partial'
 def write_text_atomically(path: str, text: str) -> None:
     with tf.io.gfile.GFile(path + _PARTIAL, 'w') as file:
         file.write(text)
-    tf.io.gfile.rename(path + _PARTIAL, path, overwrite=True)
+    _publish(path + _PARTIAL, path)
 
 
 def save_model_atomically(model: keras.Model, path: str) -> None:
     # Keras insists on the .keras ending, so the temporary name keeps it.
     temporary = path[:-len('.keras')] + _PARTIAL + '.keras'
     model.save(temporary)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    _publish(temporary, path)
 
 
 def save_weights_atomically(model: keras.Model, path: str) -> None:
+    """The model's weights, and its optimizer's variables once compiled."""
     temporary = path[:-len('.weights.h5')] + _PARTIAL + '.weights.h5'
     model.save_weights(temporary)
+    _publish(temporary, path)
+
+
+def _publish(temporary: str, path: str) -> None:
+    faults.reached('inside_save')  # Written whole, not yet in place.
     tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
@@ -44,7 +55,7 @@ def save_weights_atomically(model: keras.Model, path: str) -> None:
 
 
 def read_history(model_dir: str) -> list[dict]:
-    path = os.path.join(model_dir, 'history.csv')
+    path = run_folder.path(model_dir, run_folder.HISTORY)
     if not tf.io.gfile.exists(path):
         return []
     with tf.io.gfile.GFile(path, 'r') as file:
@@ -60,7 +71,7 @@ class HistoryCSV(keras.callbacks.Callback):
 
     def __init__(self, model_dir: str, phase: str, images_per_epoch: int):
         super().__init__()
-        self._path = os.path.join(model_dir, 'history.csv')
+        self._path = run_folder.path(model_dir, run_folder.HISTORY)
         self._model_dir = model_dir
         self._phase = phase
         self._images_per_epoch = images_per_epoch
@@ -106,11 +117,11 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, model_dir: str, chief_dir: str | None = None):
         super().__init__()
-        self._model_path = os.path.join(model_dir, 'best.keras')
-        self._record_path = os.path.join(model_dir, 'best.json')
+        self._model_path = run_folder.path(model_dir, run_folder.BEST_MODEL)
+        self._record_path = run_folder.path(model_dir, run_folder.BEST_RECORD)
         chief_dir = chief_dir or model_dir
-        self._chief_paths = (os.path.join(chief_dir, 'best.keras'),
-                             os.path.join(chief_dir, 'best.json'))
+        self._chief_paths = (run_folder.path(chief_dir, run_folder.BEST_MODEL),
+                             run_folder.path(chief_dir, run_folder.BEST_RECORD))
         self._best = -math.inf
 
     def on_train_begin(self, logs=None):
@@ -129,80 +140,157 @@ class BestCheckpoint(keras.callbacks.Callback):
                 {'val_accuracy': self._best, 'epoch': epoch + 1}) + '\n')
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras' BackupAndRestore, each backup written whole or not at all.
+class EpochBackup(keras.callbacks.Callback):
+    """After every epoch: the weights and optimizer state, then state.json.
 
-    Keras writes the weights file in place, and a kill during that write
-    leaves a file the resumed run cannot open. Here the weights, then the
-    epoch count, are each written under a temporary name and renamed.
-
-    Every worker of a cluster restores from the chief's backup (restore_dir),
-    and writes its own: a worker's backup may be older than the chief's, or
-    gone, and workers that resumed from different epochs would each wait
-    for the other's collective operations.
+    The backup of epoch k is a file of its own, and state.json, written
+    after it, names it: a kill at any moment leaves state.json naming a
+    whole backup (or none), never a backup of another epoch. Older backups
+    go once state.json no longer names them. Random state needs no backup:
+    the input and dropout of an epoch are functions of the seed and the
+    epoch (`ReseedDropout`).
     """
 
-    def __init__(self, backup_dir: str, restore_dir: str | None = None):
-        super().__init__(backup_dir)
-        self._restore_dir = restore_dir or backup_dir
+    def __init__(self, model_dir: str, phase: str):
+        super().__init__()
+        self._model_dir = model_dir
+        self._phase = phase
 
-    def on_train_begin(self, logs=None):
-        weights_path = os.path.join(self._restore_dir, os.path.basename(self._weights_path))
-        metadata_path = os.path.join(self._restore_dir,
-                                     os.path.basename(self._training_metadata_path))
-        if tf.io.gfile.exists(weights_path):
-            if self.model.optimizer is not None and not self.model.optimizer.built:
-                # The backup holds the optimizer's variables: they must exist.
-                self.model.optimizer.build(self.model.trainable_variables)
-            self.model.load_weights(weights_path)
-        if tf.io.gfile.exists(metadata_path):
-            with tf.io.gfile.GFile(metadata_path, 'r') as file:
-                # fit starts from this epoch rather than from initial_epoch.
-                self.model._initial_epoch = json.loads(file.read())['epoch']
-
-    def _save_model(self):
-        tf.io.gfile.makedirs(self.backup_dir)
-        save_weights_atomically(self.model, self._weights_path)
-        write_text_atomically(self._training_metadata_path, json.dumps(
-            {'epoch': self._current_epoch, 'batch': self._last_batch_seen}))
+    def on_epoch_end(self, epoch, logs=None):
+        name = os.path.join(run_folder.BACKUP, f'epoch-{epoch + 1:04d}.weights.h5')
+        tf.io.gfile.makedirs(run_folder.path(self._model_dir, run_folder.BACKUP))
+        save_weights_atomically(self.model, run_folder.path(self._model_dir, name))
+        faults.reached('backup_written')
+        write_state(self._model_dir, RunState(epochs_done=epoch + 1, phase=self._phase,
+                                              backup=name))
+        for old in tf.io.gfile.listdir(run_folder.path(self._model_dir, run_folder.BACKUP)):
+            if os.path.join(run_folder.BACKUP, old) != name:
+                tf.io.gfile.remove(run_folder.path(self._model_dir, os.path.join(
+                    run_folder.BACKUP, old)))
+        faults.reached('epoch_saved')
 
 
-def make_callbacks(model_dir: str, phase: str, images_per_epoch: int,
+class ReseedDropout(keras.callbacks.Callback):
+    """Seeds every Dropout layer from (seed, epoch) as each epoch begins.
+
+    Keras keeps a dropout layer's random state in a variable that neither
+    `get_weights` nor `save_weights` holds; a resumed run would replay the
+    masks of the run's first epoch. Reseeded per epoch, epoch k's masks are
+    the same whether or not the run was interrupted before it.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self._seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for index, layer in enumerate(dropout_layers(self.model)):
+            # Keras reduces seeds modulo 2**31 - 2; the second half counts
+            # the layer's calls within the epoch.
+            start = np.random.default_rng([self._seed, index, epoch]).integers(2**31 - 2)
+            state = layer.seed_generator.state
+            state.assign(keras.ops.convert_to_tensor([start, 0], dtype=state.dtype))
+
+
+def dropout_layers(layer: keras.layers.Layer) -> list[keras.layers.Dropout]:
+    """The Dropout layers of a model, nested models included, in a fixed order."""
+    return _layers_of_type(layer, keras.layers.Dropout)
+
+
+def _layers_of_type(layer: keras.layers.Layer, layer_type: type) -> list:
+    if isinstance(layer, layer_type):
+        return [layer]
+    return [found for inner in getattr(layer, 'layers', [])
+            for found in _layers_of_type(inner, layer_type)]
+
+
+class AverageMovingStatistics(keras.callbacks.Callback):
+    """Averages the BatchNorm moving statistics over the replicas before validation.
+
+    Keras 3 updates each replica's copy of a moving mean or variance from
+    that replica's own images (the variables aggregate as "none"), so the
+    replicas drift apart, a saved model holds one replica's statistics, and
+    the workers of a job end with different weights. The moving average is
+    linear in the batch statistics: averaged once an epoch, the replicas
+    hold what averaging every step would have given, for one all-reduce an
+    epoch instead of one per layer and step. Validation, checkpoints and
+    the backup then see the same statistics on every replica.
+    """
+
+    def on_test_begin(self, logs=None):
+        strategy = tf.distribute.get_strategy()
+        variables = [variable for layer in batch_norm_layers(self.model) if layer.trainable
+                     for variable in (layer.moving_mean, layer.moving_variance)]
+        if strategy.num_replicas_in_sync == 1 or not variables:
+            return
+        local = strategy.run(lambda: tf.concat(
+            [tf.reshape(variable.value, [-1]) for variable in variables], axis=0))
+        mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, local, axis=None)
+        parts = tf.split(mean, [int(np.prod(variable.shape)) for variable in variables])
+        for variable, part in zip(variables, parts):
+            variable.assign(tf.reshape(part, variable.shape))
+
+
+def batch_norm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:
+    """The BatchNormalization layers of a model, nested models included."""
+    return _layers_of_type(layer, keras.layers.BatchNormalization)
+
+
+class FaultPoints(keras.callbacks.Callback):
+    """Tests only: lets `faults` kill the process after a chosen training step."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        faults.reached('train_step')
+
+
+def make_callbacks(model_dir: str, phase: str, images_per_epoch: int, seed: int,
                    chief_dir: str | None = None) -> list:
     """The callbacks of one phase's fit, in the order they must run.
 
-    They write into model_dir and resume from chief_dir (by default the
-    same): a worker that is not the chief of a cluster writes a folder of
-    its own, and resumes from the chief's files, as every worker does.
+    They write into model_dir and read best.json from chief_dir (by default
+    the same): a worker that is not the chief of a cluster writes a folder
+    of its own, and resumes from the chief's files, as every worker does.
 
     At the end of an epoch the outputs are written before the backup that
     marks the epoch done: a kill in between redoes the epoch, and its row
     and checkpoint are written again rather than lost.
     """
     chief_dir = chief_dir or model_dir
-    return [
+    callbacks = [
+        ReseedDropout(seed),
+        AverageMovingStatistics(),
         keras.callbacks.TerminateOnNaN(),
         BestCheckpoint(model_dir, chief_dir),
         HistoryCSV(model_dir, phase, images_per_epoch),
-        keras.callbacks.TensorBoard(os.path.join(model_dir, 'logs')),
-        AtomicBackupAndRestore(os.path.join(model_dir, 'backup', phase),
-                               os.path.join(chief_dir, 'backup', phase)),
+        keras.callbacks.TensorBoard(run_folder.path(model_dir, run_folder.LOGS)),
+        EpochBackup(model_dir, phase),
     ]
+    return callbacks + ([FaultPoints()] if faults.enabled() else [])
 
 
 # ----------------------------------------------------------------------------
-# Which phases a run has finished.
+# How far a run got.
 
 
-def completed_phases(model_dir: str) -> list[str]:
-    path = os.path.join(model_dir, 'state.json')
+@dataclasses.dataclass(frozen=True)
+class RunState:
+    """What state.json says: epochs finished, the backup of the last, and
+    whether the outputs were written after the last epoch."""
+    epochs_done: int = 0
+    phase: str | None = None
+    backup: str | None = None  # Relative to the run folder.
+    finished: bool = False
+
+
+def read_state(model_dir: str) -> RunState:
+    """The run's state.json, or a fresh run's state when there is none."""
+    path = run_folder.path(model_dir, run_folder.STATE)
     if not tf.io.gfile.exists(path):
-        return []
+        return RunState()
     with tf.io.gfile.GFile(path, 'r') as file:
-        return json.loads(file.read())['completed_phases']
+        return RunState(**json.loads(file.read()))
 
 
-def mark_completed(model_dir: str, phase: str) -> None:
-    phases = completed_phases(model_dir) + [phase]
-    write_text_atomically(os.path.join(model_dir, 'state.json'),
-                          json.dumps({'completed_phases': phases}) + '\n')
+def write_state(model_dir: str, state: RunState) -> None:
+    write_text_atomically(run_folder.path(model_dir, run_folder.STATE),
+                          json.dumps(dataclasses.asdict(state)) + '\n')

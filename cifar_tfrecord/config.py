@@ -84,10 +84,15 @@ class InputConfig:
         'expect; unit: RGB scaled to [0, 1].'))
     augment: bool = option(True, 'Random crop (4-pixel padding) and horizontal flip in training.')
     label_smoothing: float = option(0.1, 'Label smoothing of the one-hot training targets.')
-    cache: str = option('memory', 'Cache of decoded images: memory, or a file path prefix.')
-    shuffle_buffer_size: int | None = option(
-        None, 'Images in the shuffle buffer; default: the whole split (a full shuffle).')
-    seed: int = option(0, 'Seed of file order, shuffling and augmentation.')
+    cache: str = option('memory', (
+        'Cache of decoded images: memory, or a file path prefix or folder, which gets one '
+        "file per split and input pipeline, named by the records' fingerprint."))
+    shuffle_buffer_size: int | None = option(None, (
+        'Images shuffled together: each epoch permutes the split in windows of this many; '
+        'default: the whole split (a full shuffle).'))
+    seed: int = option(0, (
+        'Seed of everything random in training: model initialization, dropout, data order '
+        'and augmentation; epoch k draws from (seed, k) alone.'))
     data_service: str | None = option(
         None, 'grpc://host:port of a tf.data service dispatcher to preprocess training on.')
     verify_checksums: bool = option(
@@ -148,7 +153,8 @@ class TrainConfig:
     fine_tune_learning_rate: float = option(
         0.01, f'Peak learning rate of the fine-tuning phase at batch {REFERENCE_BATCH_SIZE}.')
     warmup_epochs: float = option(1.0, 'Linear warm-up at the start of each phase.')
-    weight_decay: float = option(0.0, 'Decoupled weight decay (BiT fine-tunes without).')
+    weight_decay: float = option(
+        0.0, 'Decoupled weight decay, for every optimizer; 0: none (BiT fine-tunes without).')
     mixed_precision: str = option('auto', (
         'auto: mixed_float16 on CUDA GPUs, mixed_bfloat16 on TPUs and on CPUs that support '
         'it, float32 otherwise.'))
@@ -162,6 +168,12 @@ class TrainConfig:
     evaluation_split: str = option(
         'auto', 'Split for metrics.json: auto (test if labelled, else validation).')
     steps_per_epoch: int | None = option(None, 'Cap on training steps per epoch (for smoke runs).')
+    deterministic: bool = option(False, (
+        "TensorFlow's op determinism: the same flags give bitwise the same weights, and a "
+        'killed run resumed ends with the weights of an uninterrupted one. Slower on GPUs.'))
+    overwrite: bool = option(False, (
+        'Start afresh in a --model_dir that holds a run, whatever its flags (its files are '
+        'replaced). Without it, a rerun resumes, and refuses flags that change the result.'))
 
     def validate(self) -> 'TrainConfig':
         """Checks the values a user can get wrong; returns self."""
@@ -189,12 +201,46 @@ class TrainConfig:
                 f'--batch_norm_momentum={self.batch_norm_momentum}: must be in [0, 1)')
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise UserInputError(f'--steps_per_epoch={self.steps_per_epoch}: must be positive')
+        if self.weight_decay < 0:
+            raise UserInputError(f'--weight_decay={self.weight_decay}: must not be negative')
         return self
 
     def scaled_learning_rate(self, phase: str) -> float:
         """A phase's peak learning rate, scaled linearly to the global batch."""
         base = self.learning_rate if phase == 'freeze' else self.fine_tune_learning_rate
         return base * self.input.batch_size / REFERENCE_BATCH_SIZE
+
+
+# Flags a resumed run may change: they do not change what it computes.
+# --records_dir may name another copy of the same records; the records'
+# fingerprint is compared instead.
+RESUME_NEUTRAL_FLAGS = ('records_dir', 'model_dir', 'cache', 'verify_checksums',
+                        'export_saved_model', 'overwrite')
+
+
+def flat_flags(config: TrainConfig) -> dict:
+    """Flag name -> value of a training config, nested configs included."""
+    return _flatten(dataclasses.asdict(config))
+
+
+def _flatten(values: dict) -> dict:
+    flat = {}
+    for name, value in values.items():
+        flat.update(_flatten(value) if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def changed_flags(saved: dict, config: TrainConfig) -> list[tuple[str, object, object]]:
+    """(flag, saved value, new value) of each flag that changes the result.
+
+    `saved` is the config of an earlier run, as `dataclasses.asdict` gave it;
+    a flag it lacks (an older version) counts as its default.
+    """
+    old = _flatten(saved)
+    defaults = flat_flags(TrainConfig())
+    return [(name, old.get(name, defaults[name]), value)
+            for name, value in flat_flags(config).items()
+            if name not in RESUME_NEUTRAL_FLAGS and old.get(name, defaults[name]) != value]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,8 +18,9 @@ share one environment). The points are named where they are reached:
     manifest_published  the converter's manifest is in place; shards it does
                         not list are not yet removed
     train_step          a training step ended (counted over the whole process)
-    epoch_saved         an epoch's state was saved; the next has not begun
-    inside_save         a file of a run is written, not yet renamed into place
+    backup_written      an epoch's backup is in place; state.json does not name it yet
+    epoch_saved         state.json names the epoch's backup; the next epoch has not begun
+    inside_save         a file of a run is written whole, not yet renamed into place
 
 Unset, `reached` costs one environment lookup.
 """
@@ -49,6 +50,11 @@ def reached(point: str) -> None:
         sys.stderr.write(f'{KILLED_MESSAGE} {point}:{target[1]}\n')
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def enabled() -> bool:
+    """Whether a kill is asked for: callers may skip hooks that cost more."""
+    return bool(os.environ.get(ENVIRONMENT_VARIABLE))
 
 
 def kill_at(point: str, count: int, worker: int | None = None) -> dict[str, str]:

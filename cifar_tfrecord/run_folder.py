@@ -29,6 +29,7 @@ No TensorFlow here: plots read run folders and start without it.
 """
 
 import os
+import re
 
 CONFIG = 'config.json'
 HISTORY = 'history.csv'
@@ -45,6 +46,18 @@ PREDICTIONS = 'predictions.npz'
 # `--model=` names of the run's models, and the default.
 MODELS = {'final': FINAL_MODEL, 'best': BEST_MODEL}
 MODEL_OF_RECORD = 'final'
+
+
+_RUN_FILES = (CONFIG, HISTORY, LOGS, STATE, BACKUP, BEST_MODEL, BEST_RECORD, FINAL_MODEL,
+              SAVED_MODEL, METRICS, PREDICTIONS)
+_RUN_FILE_PATTERN = re.compile(
+    r'(metrics-.+\.json|predictions-.+\.npz|submission-.+\.csv|\.(worker|chief)-\d+)')
+
+
+def is_run_file(name: str) -> bool:
+    """Whether a name in a run folder is one a run writes (so --overwrite removes it)."""
+    name = name.rstrip('/')
+    return name in _RUN_FILES or _RUN_FILE_PATTERN.fullmatch(name) is not None
 
 
 def path(model_dir: str, name: str) -> str:

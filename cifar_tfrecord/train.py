@@ -2,20 +2,15 @@
 
 `train(config)` runs two phases, each a `model.fit` with its own compile:
 the head alone on a frozen backbone, then the whole network. Everything a
-run writes lands in `config.model_dir`:
+run writes lands in `config.model_dir`, laid out as `run_folder` says.
 
-    config.json        resolved configuration, library versions, devices
-    history.csv        one row per epoch, even across kills and resumes
-    logs/              TensorBoard
-    best.keras         best val_accuracy so far (written atomically)
-    final.keras        the model after the last epoch
-    saved_model/       SavedModel: uint8 32x32x3 images in, probabilities out
-                       (unless --noexport_saved_model)
-    metrics.json       accuracy, loss, per-class accuracy, confusion matrix
-    predictions.npz    a few hundred images with their predictions, for plots
-    backup/            BackupAndRestore state; removed when the run finishes
-
-Rerunning the same command after a crash or kill resumes where it stopped.
+Rerunning the same command after a crash or kill resumes after the last
+finished epoch: the weights and optimizer state come from that epoch's
+backup, and the input and dropout of every epoch are functions of the seed
+and the epoch, so with `--deterministic` the resumed run ends with exactly
+the weights of an uninterrupted one. A rerun with flags that change the
+result is refused (`--overwrite` starts afresh); a rerun of a finished run
+does nothing.
 
 Under `MultiWorkerMirroredStrategy` every worker runs the same fits (their
 collective operations must match), but only the chief writes `model_dir`.
@@ -28,9 +23,11 @@ the same weights; `model_dir` must therefore be shared by all the hosts
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
+import random
 import sys
 
 import keras
@@ -39,10 +36,12 @@ import tensorflow as tf
 from absl import logging
 
 from cifar_tfrecord import callbacks as run_callbacks
+from cifar_tfrecord import config as config_lib
 from cifar_tfrecord import evaluate
 from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
+from cifar_tfrecord import run_folder
 from cifar_tfrecord.config import TrainConfig
 from cifar_tfrecord.errors import UserInputError
 
@@ -50,7 +49,7 @@ PHASES = ('freeze', 'fine_tune')
 
 
 def train(config: TrainConfig) -> dict | None:
-    """Trains, evaluates and exports.
+    """Trains, evaluates and exports; or resumes where an earlier run stopped.
 
     Returns:
         The evaluation metrics; None on a worker that is not the chief, which
@@ -58,14 +57,60 @@ def train(config: TrainConfig) -> dict | None:
     """
     config.validate()
     # Every check that can fail comes before the first file is written.
-    records.load_manifest(config.input.records_dir)
+    manifest = records.load_manifest(config.input.records_dir)
     model_lib.check_weights(config.weights)
+    state = resume_state(config, manifest)
+    if state.finished:
+        logging.info('%s finished already; nothing to do (--overwrite trains again).',
+                     config.model_dir)
+        return _read_json(run_folder.path(config.model_dir, run_folder.METRICS))
     precision = resolve_precision(config.mixed_precision)
     keras.mixed_precision.set_global_policy(precision)
     strategy = make_strategy(config.strategy)
-    jit_compile = resolve_jit_compile(config.jit_compile)
-    train_data, train_count = pipeline.distribute(strategy, config.input, 'train', True)
-    validation_data, _ = pipeline.distribute(strategy, config.input, 'validation', False)
+    steps_per_epoch = count_steps(config, manifest, strategy)
+    logging.info('Strategy %s: %d replicas, %d images per replica, %s, XLA %s',
+                 type(strategy).__name__, strategy.num_replicas_in_sync,
+                 config.input.batch_size // strategy.num_replicas_in_sync, precision,
+                 resolve_jit_compile(config.jit_compile))
+    seed_everything(config)
+    with strategy.scope():
+        model = build(config)
+    output_dir = make_output_dir(config, strategy)
+    write_config(config, output_dir, precision, strategy, manifest)
+    _run_phases(model, config, strategy, state, steps_per_epoch, output_dir)
+    return save_and_finish(model, config, strategy, output_dir)
+
+
+def _run_phases(model, config, strategy, state, steps_per_epoch, output_dir) -> None:
+    """Every epoch not done yet, phase by phase, from the state's backup."""
+    restore = state.backup is not None
+    service_job = _service_job_prefix(strategy) if config.input.data_service else None
+    for phase in PHASES:
+        first, end = phase_epochs(config, phase)
+        if end > max(first, state.epochs_done):
+            run_phase(model, config, phase, strategy, max(first, state.epochs_done),
+                      steps_per_epoch, output_dir, state if restore else None, service_job)
+            restore = False
+    if restore:  # Every epoch was done: the run was killed before its outputs.
+        load_backup(model, config.model_dir, state)
+
+
+def phase_epochs(config: TrainConfig, phase: str) -> tuple[int, int]:
+    """The phase's epochs, [first, end), counted over the whole run."""
+    if phase == 'freeze':
+        return 0, config.freeze_epochs
+    return config.freeze_epochs, config.freeze_epochs + config.fine_tune_epochs
+
+
+def count_steps(config: TrainConfig, manifest: records.Manifest,
+                strategy: tf.distribute.Strategy) -> int:
+    """Training steps per epoch; refuses a batch the data or replicas cannot fill."""
+    replicas = strategy.num_replicas_in_sync
+    if config.input.batch_size % replicas:
+        raise UserInputError(
+            f'--batch_size={config.input.batch_size} does not divide evenly over {replicas} '
+            f'replicas; use a multiple of {replicas}')
+    train_count = manifest.splits['train'].num_examples
     steps_per_epoch = train_count // config.input.batch_size
     if config.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
@@ -73,22 +118,89 @@ def train(config: TrainConfig) -> dict | None:
         raise UserInputError(
             f'--batch_size={config.input.batch_size} is larger than the {train_count} '
             'training images')
-    logging.info('Strategy %s: %d replicas, %d images per replica, %s, XLA %s',
-                 type(strategy).__name__, strategy.num_replicas_in_sync,
-                 config.input.batch_size // strategy.num_replicas_in_sync, precision, jit_compile)
-    output_dir = make_output_dir(config.model_dir, strategy)
-    write_config(config, output_dir, precision, strategy)
-    with strategy.scope():
-        model = build(config)
-    # Every worker resumes from the chief's files, so all resume alike.
-    completed = run_callbacks.completed_phases(config.model_dir)
-    if completed:
-        restore_completed(model, config.model_dir, completed[-1])
-    for phase in PHASES:
-        if phase not in completed:
-            run_phase(model, config, phase, strategy, train_data, validation_data,
-                      steps_per_epoch, jit_compile, output_dir)
-    return save_and_finish(model, config, strategy, output_dir)
+    return steps_per_epoch
+
+
+def seed_everything(config: TrainConfig) -> None:
+    """Seeds initialization (Python, NumPy, TensorFlow); op determinism if asked.
+
+    Dropout is reseeded each epoch (`callbacks.ReseedDropout`) and the input
+    draws from (seed, epoch) (`pipeline.epoch_key`).
+    """
+    keras.utils.set_random_seed(config.input.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+# ----------------------------------------------------------------------------
+# Resuming.
+
+
+def resume_state(config: TrainConfig, manifest: records.Manifest) -> run_callbacks.RunState:
+    """How far an earlier run in config.model_dir got; refuses a changed run.
+
+    A run folder whose config.json differs in a flag that changes the
+    result, or whose records hold other data, is refused before anything is
+    written; `--overwrite` starts afresh instead.
+    """
+    saved = _saved_config(config.model_dir)
+    if saved is None or config.overwrite:
+        return run_callbacks.RunState()
+    changes = [f'--{name}={new} (the run has {old})'
+               for name, old, new in config_lib.changed_flags(saved['config'], config)]
+    saved_records = saved.get('records', {}).get('fingerprint')
+    if saved_records and saved_records != manifest.fingerprint():
+        changes.append(f'--records_dir={config.input.records_dir} holds other records '
+                       f'(fingerprint {manifest.fingerprint()[:12]}, the run has '
+                       f'{saved_records[:12]})')
+    if changes:
+        raise UserInputError(
+            f'{config.model_dir} holds a run with other flags: {"; ".join(changes)}. Rerun '
+            'with its flags to resume, or pass --overwrite to start afresh, or choose '
+            'another --model_dir')
+    return run_callbacks.read_state(config.model_dir)
+
+
+def _saved_config(model_dir: str) -> dict | None:
+    path = run_folder.path(model_dir, run_folder.CONFIG)
+    return _read_json(path) if tf.io.gfile.exists(path) else None
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with tf.io.gfile.GFile(path, 'r') as file:
+            return json.loads(file.read())
+    except json.JSONDecodeError as error:
+        raise UserInputError(f'{path} is not valid JSON ({error}); pass --overwrite to start '
+                             'afresh, or choose another --model_dir') from None
+
+
+def load_backup(model: keras.Model, model_dir: str, state: run_callbacks.RunState) -> None:
+    """The weights (and optimizer state, when compiled alike) the state names.
+
+    A finished run's backup is gone; its final.keras holds the same weights.
+    """
+    path = run_folder.path(model_dir, state.backup)
+    if not tf.io.gfile.exists(path):
+        path = run_folder.path(model_dir, run_folder.FINAL_MODEL)
+    logging.info('Resuming after epoch %d: loading %s', state.epochs_done, path)
+    model.load_weights(path)
+
+
+def _service_job_prefix(strategy: tf.distribute.Strategy) -> str:
+    """A tf.data service job name the workers of this attempt share, and no other.
+
+    A job outlives its consumers for a while: a rerun that reused the name
+    would join the killed run's job, half consumed. The chief draws a random
+    number and every worker takes it from the chief's first replica.
+    """
+    number = random.SystemRandom().randrange(1 << 30) if is_chief(strategy) else 0
+    if _workers(strategy) > 1:
+        def chief_number():
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            return tf.where(replica == 0, tf.constant(number, tf.int64), 0)
+        number = int(strategy.reduce('SUM', strategy.run(chief_number), axis=None))
+    return f'train-{number}'
 
 
 def build(config: TrainConfig) -> keras.Model:
@@ -153,14 +265,24 @@ def worker_model_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
     if is_chief(strategy):
         return model_dir
     resolver = strategy.cluster_resolver
-    return os.path.join(model_dir, f'.{resolver.task_type}-{resolver.task_id}')
+    return run_folder.worker_folder(model_dir, resolver.task_type, resolver.task_id)
 
 
-def make_output_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
-    """Creates this process's output folder (`worker_model_dir`) and returns it."""
-    output_dir = worker_model_dir(model_dir, strategy)
-    if output_dir != model_dir and tf.io.gfile.exists(output_dir):
+def make_output_dir(config: TrainConfig, strategy: tf.distribute.Strategy) -> str:
+    """Creates this process's output folder (`worker_model_dir`) and returns it.
+
+    With --overwrite the chief first removes the files of the run before.
+    """
+    output_dir = worker_model_dir(config.model_dir, strategy)
+    if output_dir != config.model_dir and tf.io.gfile.exists(output_dir):
         tf.io.gfile.rmtree(output_dir)  # Left by a killed worker; never read.
+    elif config.overwrite and tf.io.gfile.exists(output_dir):
+        for name in filter(run_folder.is_run_file, tf.io.gfile.listdir(output_dir)):
+            path = run_folder.path(output_dir, name.rstrip('/'))
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+            else:
+                tf.io.gfile.remove(path)
     tf.io.gfile.makedirs(output_dir)
     return output_dir
 
@@ -219,10 +341,12 @@ class KerasMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy
 
 
 def write_config(config: TrainConfig, output_dir: str, precision: str,
-                 strategy: tf.distribute.Strategy) -> None:
-    """config.json: the resolved flags, library versions and devices."""
+                 strategy: tf.distribute.Strategy, manifest: records.Manifest) -> None:
+    """config.json: the resolved flags, the records, library versions and devices."""
     content = {
         'config': dataclasses.asdict(config),
+        'records': {'fingerprint': manifest.fingerprint(), 'class_names': manifest.class_names,
+                    'records_dir': config.input.records_dir},
         'resolved': {'mixed_precision': precision, 'strategy': type(strategy).__name__,
                      'replicas': strategy.num_replicas_in_sync},
         'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__,
@@ -231,7 +355,7 @@ def write_config(config: TrainConfig, output_dir: str, precision: str,
         'command': sys.argv,
     }
     run_callbacks.write_text_atomically(
-        os.path.join(output_dir, 'config.json'), json.dumps(content, indent=2) + '\n')
+        run_folder.path(output_dir, run_folder.CONFIG), json.dumps(content, indent=2) + '\n')
 
 
 # ----------------------------------------------------------------------------
@@ -239,34 +363,43 @@ def write_config(config: TrainConfig, output_dir: str, precision: str,
 
 
 def run_phase(model: keras.Model, config: TrainConfig, phase: str,
-              strategy: tf.distribute.Strategy, train_data, validation_data,
-              steps_per_epoch: int, jit_compile: bool, output_dir: str) -> None:
-    """One phase as one resumable `fit`, with its own compile.
+              strategy: tf.distribute.Strategy, first_epoch: int, steps_per_epoch: int,
+              output_dir: str, restore: run_callbacks.RunState | None,
+              service_job: str | None) -> None:
+    """One phase, from `first_epoch` to its end, as one `fit` with its own compile.
 
-    Writes into output_dir; resumes from config.model_dir, the chief's.
+    Writes into output_dir. `restore`: the state of an earlier run to resume
+    from, whose backup is loaded; its optimizer state too when it was saved
+    in this phase (the other phase's optimizer trains other variables).
     """
-    first_epoch = 0 if phase == 'freeze' else config.freeze_epochs
-    epochs = config.freeze_epochs if phase == 'freeze' else config.fine_tune_epochs
-    if epochs:
-        model_lib.set_backbone_trainable(model, phase == 'fine_tune',
-                                         pretrained=config.weights != 'none')
-        with strategy.scope():
-            compile_model(model, config, phase, steps_per_epoch, epochs, jit_compile)
-            if _workers(strategy) > 1:
-                _prepare_for_several_workers(model)
-        # BackupAndRestore leaves the epoch it restored on the model, and fit
-        # prefers it to initial_epoch: clear what an earlier phase left.
-        model._initial_epoch = None
-        with strategy.scope():  # Where fit finds the strategy of several workers.
-            model.fit(
-                train_data, validation_data=validation_data, initial_epoch=first_epoch,
-                epochs=first_epoch + epochs, steps_per_epoch=steps_per_epoch, verbose='auto',
-                callbacks=run_callbacks.make_callbacks(
-                    output_dir, phase, config.input.batch_size * steps_per_epoch,
-                    chief_dir=config.model_dir))
-        run_callbacks.save_weights_atomically(model, _phase_weights_path(output_dir, phase))
-    run_callbacks.mark_completed(output_dir, phase)
-
+    phase_first, end = phase_epochs(config, phase)
+    model_lib.set_backbone_trainable(model, phase == 'fine_tune',
+                                     pretrained=config.weights != 'none')
+    resume_in_phase = restore is not None and restore.epochs_done > phase_first
+    if restore is not None and not resume_in_phase:
+        load_backup(model, config.model_dir, restore)
+    with strategy.scope():
+        compile_model(model, config, phase, steps_per_epoch, end - phase_first,
+                      resolve_jit_compile(config.jit_compile))
+        if _workers(strategy) > 1:
+            _prepare_for_several_workers(model)
+    if resume_in_phase:
+        load_backup(model, config.model_dir, restore)
+    # Endless: fit takes steps_per_epoch batches an epoch from one iterator.
+    # (A finite dataset makes Keras warn that it ran out of data; through a
+    # service, consumers take batches at uneven rates and a finite job could
+    # end for one worker while another still waits on it.)
+    train_data, _ = pipeline.distribute(
+        strategy, config.input, 'train', True, first_epoch=first_epoch,
+        steps_per_epoch=steps_per_epoch, service_job=f'{service_job}-{phase}-{first_epoch}')
+    validation_data, _ = pipeline.distribute(strategy, config.input, 'validation', False)
+    with strategy.scope():  # Where fit finds the strategy of several workers.
+        model.fit(
+            train_data, validation_data=validation_data, initial_epoch=first_epoch,
+            epochs=end, steps_per_epoch=steps_per_epoch, verbose='auto',
+            callbacks=run_callbacks.make_callbacks(
+                output_dir, phase, config.input.batch_size * steps_per_epoch,
+                config.input.seed, chief_dir=config.model_dir))
 
 
 def _prepare_for_several_workers(model: keras.Model) -> None:
@@ -282,19 +415,6 @@ def _prepare_for_several_workers(model: keras.Model) -> None:
     `KerasMultiWorkerMirroredStrategy`.
     """
     model._distribute_strategy = None
-
-
-def restore_completed(model: keras.Model, model_dir: str, last_phase: str) -> None:
-    """Loads the weights of the last phase an earlier run completed."""
-    path = _phase_weights_path(model_dir, last_phase)
-    if not tf.io.gfile.exists(path):
-        path = os.path.join(model_dir, 'final.keras')  # The run had finished.
-    logging.info('Phases up to %s finished in an earlier run; loading %s.', last_phase, path)
-    model.load_weights(path)
-
-
-def _phase_weights_path(model_dir: str, phase: str) -> str:
-    return os.path.join(model_dir, 'backup', f'{phase}_done.weights.h5')
 
 
 def compile_model(model: keras.Model, config: TrainConfig, phase: str, steps_per_epoch: int,
@@ -321,13 +441,14 @@ def compile_model(model: keras.Model, config: TrainConfig, phase: str, steps_per
 
 
 def make_optimizer(name: str, learning_rate, weight_decay: float) -> keras.optimizers.Optimizer:
-    decay = weight_decay or None
+    """The optimizer by name, with decoupled weight decay; 0 means none."""
     if name == 'sgd':
         return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True,
-                                    weight_decay=decay)
+                                    weight_decay=weight_decay or None)
     if name == 'rmsprop':
-        return keras.optimizers.RMSprop(learning_rate, weight_decay=decay)
-    return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay or 1e-4)
+        return keras.optimizers.RMSprop(learning_rate, weight_decay=weight_decay or None)
+    # AdamW insists on a number; 0 makes its decay step a no-op.
+    return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
 
 
 # ----------------------------------------------------------------------------
@@ -345,7 +466,8 @@ def save_and_finish(model: keras.Model, config: TrainConfig, strategy: tf.distri
     # Every worker saves, as TensorFlow asks of multi-worker saving: a save
     # may read variables synchronized over the workers, a collective
     # operation the chief could not complete alone.
-    run_callbacks.save_model_atomically(model, os.path.join(output_dir, 'final.keras'))
+    run_callbacks.save_model_atomically(model, run_folder.path(output_dir, run_folder.FINAL_MODEL))
+    logging.info('Final weights: sha256 %s', weights_digest(model))
     metrics = finish(config) if output_dir == config.model_dir else None
     if _workers(strategy) > 1:
         # The others wait for the chief's evaluation: a worker that left
@@ -357,30 +479,47 @@ def save_and_finish(model: keras.Model, config: TrainConfig, strategy: tf.distri
     return metrics
 
 
+def weights_digest(model: keras.Model) -> str:
+    """The sha256 of every weight's bytes: equal digests, bitwise equal weights.
+
+    Compares runs, and the workers of one run, without their model files.
+    """
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
 def _wait_for_every_worker(strategy: tf.distribute.Strategy) -> None:
     """A barrier: a sum over every replica, which each worker has to join."""
     strategy.reduce('SUM', strategy.run(lambda: tf.constant(1.0)), axis=None)
 
 
 def finish(config: TrainConfig) -> dict:
-    """The SavedModel, metrics.json and predictions.npz, from final.keras."""
+    """The SavedModel, metrics.json and predictions.npz, from final.keras.
+
+    Marks the run finished last, then removes its backup: a kill before
+    that mark reruns this, from final.keras.
+    """
     model_dir = config.model_dir
-    final_path = os.path.join(model_dir, 'final.keras')
+    final_path = run_folder.path(model_dir, run_folder.FINAL_MODEL)
     # Reloaded outside the strategy: evaluation then runs on one device over
     # every image, with no replica left an empty batch.
     serving = evaluate.load_serving_model(final_path)
-    export_dir = os.path.join(model_dir, 'saved_model')
+    export_dir = run_folder.path(model_dir, run_folder.SAVED_MODEL)
     if tf.io.gfile.exists(export_dir):
         tf.io.gfile.rmtree(export_dir)  # Never a SavedModel of an earlier run.
     if config.export_saved_model:
         serving.export(export_dir, verbose=False)
     split = evaluate.resolve_split(config.input.records_dir, config.evaluation_split)
     device_input = dataclasses.replace(config.input, upsample_on='device')
-    metrics = evaluate.evaluate(serving, device_input, split, os.path.basename(final_path))
-    evaluate.write_json(os.path.join(model_dir, 'metrics.json'), metrics)
-    evaluate.write_predictions(os.path.join(model_dir, 'predictions.npz'), serving,
-                               config.input.records_dir, split, os.path.basename(final_path))
-    backup_dir = os.path.join(model_dir, 'backup')
+    metrics = evaluate.evaluate(serving, device_input, split, run_folder.FINAL_MODEL)
+    evaluate.write_json(run_folder.path(model_dir, run_folder.METRICS), metrics)
+    evaluate.write_predictions(run_folder.path(model_dir, run_folder.PREDICTIONS), serving,
+                               config.input.records_dir, split, run_folder.FINAL_MODEL)
+    state = run_callbacks.read_state(model_dir)
+    run_callbacks.write_state(model_dir, dataclasses.replace(state, finished=True))
+    backup_dir = run_folder.path(model_dir, run_folder.BACKUP)
     if tf.io.gfile.exists(backup_dir):
         tf.io.gfile.rmtree(backup_dir)
     logging.info('%s accuracy %.4f; everything is in %s', split, metrics['accuracy'], model_dir)

@@ -6,10 +6,9 @@ import re
 import signal
 import subprocess
 import sys
-import time
-
 import pytest
 
+from cifar_tfrecord import faults
 from cifar_tfrecord import launch
 from cifar_tfrecord.config import LaunchConfig
 from conftest import SCRIPTS, SMALL_TRAINING, read_history, run_script
@@ -81,48 +80,49 @@ def test_bad_flags_are_refused(capsys, arguments, message):
 # ----------------------------------------------------------------------------
 # Two real workers training ResNet50, one of them killed, the job rerun.
 
-def _wait_for(condition, process, what):
-    deadline = time.time() + 600  # Only against a hang; never reached otherwise.
-    while not condition():
-        assert process.poll() is None, f'the launcher ended before {what}'
-        assert time.time() < deadline, f'no {what} after 10 minutes'
-        time.sleep(0.2)
+_DIGEST = re.compile(r'^\[worker (\d+)\] .*Final weights: sha256 ([0-9a-f]{64})$', re.MULTILINE)
 
 
-def _worker_pids(log_path):
-    return {int(index): int(pid) for index, pid in
-            re.findall(r'^worker (\d+): pid (\d+),', log_path.read_text(), re.MULTILINE)}
-
-
-def test_two_workers_killed_and_rerun_finish_the_job(sample_records, tmp_path):
-    model_dir = tmp_path / 'run'
+def _launch(records_dir, model_dir, kill_at=None):
+    """A two-worker job through launch_local.py; its output, stderr included."""
     # The freeze phase alone, two epochs of two steps; four images per worker a step.
     command = [sys.executable, os.path.join(SCRIPTS, 'launch_local.py'), '--num_workers=2', '--',
-               f'--records_dir={sample_records}', f'--model_dir={model_dir}', *SMALL_TRAINING,
+               f'--records_dir={records_dir}', f'--model_dir={model_dir}', *SMALL_TRAINING,
                '--steps_per_epoch=2', '--mixed_precision=float32', '--freeze_epochs=2',
-               '--fine_tune_epochs=0', '--noexport_saved_model']
-    first_log = tmp_path / 'first.log'
-    with open(first_log, 'w') as output:
-        launcher = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    backup = model_dir / 'backup' / 'freeze' / 'training_metadata.json'
-    _wait_for(backup.exists, launcher, "the chief's backup of epoch 1")
-    pids = _worker_pids(first_log)
-    os.kill(pids[1], signal.SIGKILL)
-    assert launcher.wait(timeout=600) == 1
-    log = first_log.read_text()
-    assert 'error: worker 1 failed (killed by SIGKILL)' in log
-    with pytest.raises(ProcessLookupError):  # The launcher stopped the chief too.
-        os.kill(pids[0], 0)
-    assert 'Input pipeline 1 of 2 reads its own shard files.' in log
+               '--fine_tune_epochs=0', '--noexport_saved_model', '--deterministic']
+    environment = {key: value for key, value in os.environ.items()
+                   if key != faults.ENVIRONMENT_VARIABLE}
+    environment.update(faults.kill_at(*kill_at) if kill_at else {})
+    return subprocess.run(command, capture_output=True, text=True, env=environment)
+
+
+def test_two_workers_killed_and_rerun_end_as_an_uninterrupted_job(sample_records, tmp_path):
+    reference = _launch(sample_records, tmp_path / 'reference')
+    assert reference.returncode == 0, reference.stdout[-3000:]
+    expected = dict(_DIGEST.findall(reference.stdout))
+    assert sorted(expected) == ['0', '1'] and len(set(expected.values())) == 1
+
+    model_dir = tmp_path / 'run'
+    # Worker 1 dies in the middle of epoch 2, after both backed up epoch 1.
+    killed = _launch(sample_records, model_dir, kill_at=('train_step', 3, 1))
+    assert killed.returncode == 1
+    assert f'[worker 1] {faults.KILLED_MESSAGE} train_step:3' in killed.stdout
+    assert 'error: worker 1 failed (killed by SIGKILL)' in killed.stderr
+    assert 'Input pipeline 1 of 2 reads its own shard files.' in killed.stdout
     assert (model_dir / '.worker-1').is_dir()  # Left by the killed worker.
     assert not (model_dir / 'final.keras').exists()
+    pids = [int(pid) for pid in re.findall(r'^worker \d+: pid (\d+),', killed.stdout, re.MULTILINE)]
+    for pid in pids:  # The launcher stopped the chief too.
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
-    rerun = subprocess.run(command, capture_output=True, text=True)
+    rerun = _launch(sample_records, model_dir)
     assert rerun.returncode == 0, rerun.stdout[-3000:]
-    # Both workers resumed from the chief's backup: neither redid epoch 1.
-    for index in (0, 1):
+    for index in (0, 1):  # Both resumed from the chief's backup of epoch 1.
         assert f'[worker {index}] Epoch 2/2' in rerun.stdout
         assert f'[worker {index}] Epoch 1/2' not in rerun.stdout
+    # The workers hold the same weights, and the uninterrupted job's.
+    assert dict(_DIGEST.findall(rerun.stdout)) == expected
     assert [(row['epoch'], row['phase']) for row in read_history(model_dir)] == [
         ('1', 'freeze'), ('2', 'freeze')]
     assert sorted(os.listdir(model_dir)) == [

@@ -1,83 +1,27 @@
-"""The trainer through scripts/train.py: killed and resumed, on a remote file
-system, and refusing bad input. (tests/test_train_outputs.py checks what one
-run writes.)
+"""The trainer through scripts/train.py: on a remote file system, refusing bad
+input and changed resumes, exact validation metrics, optimizers.
+(tests/test_train_outputs.py checks what one run writes;
+tests/test_train_resume.py, that a killed run resumes exactly.)
 """
 
+import dataclasses
 import json
 import os
-import signal
-import subprocess
-import sys
+import shutil
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from cifar_tfrecord import evaluate
+from cifar_tfrecord import config as config_lib
+from cifar_tfrecord import convert
+from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
 from cifar_tfrecord import train
-from cifar_tfrecord.config import TrainConfig
-from conftest import REPOSITORY, SMALL_TRAINING, read_history, run_script
-
-
-# ----------------------------------------------------------------------------
-# Killed and resumed: a real process, killed in the middle of an epoch.
-
-# scripts/train.py with one more callback, which SIGKILLs the process after
-# the second step of its third epoch: mid-epoch, at the same point every run.
-_TRAIN_KILLED_MID_EPOCH = """
-import os, runpy, signal, sys
-import keras
-from cifar_tfrecord import callbacks
-
-class KillMidEpoch(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.epoch == 2 and batch == 1:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-make_callbacks = callbacks.make_callbacks
-callbacks.make_callbacks = lambda *args, **kwargs: make_callbacks(*args, **kwargs) + [
-    KillMidEpoch()]
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name='__main__')
-"""
-
-
-def _train_arguments(records_dir, model_dir):
-    return [os.path.join(REPOSITORY, 'scripts', 'train.py'),
-            f'--records_dir={records_dir}', f'--model_dir={model_dir}', *SMALL_TRAINING,
-            '--freeze_epochs=1', '--fine_tune_epochs=2', '--steps_per_epoch=4',
-            '--mixed_precision=float32', '--noexport_saved_model']
-
-
-def test_run_killed_mid_epoch_resumes_to_the_requested_epochs(sample_records, tmp_path):
-    model_dir = tmp_path / 'run'
-    arguments = _train_arguments(sample_records, model_dir)
-    killed = subprocess.run([sys.executable, '-c', _TRAIN_KILLED_MID_EPOCH, *arguments],
-                            capture_output=True, text=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert [int(row['epoch']) for row in read_history(model_dir)] == [1, 2]
-    assert not (model_dir / 'final.keras').exists()
-    best_before = json.loads((model_dir / 'best.json').read_text())
-    assert (model_dir / 'best.keras').exists()
-
-    result = subprocess.run([sys.executable, *arguments], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    # Resumed from the backup of epoch 2: only epoch 3 was trained again.
-    assert 'Epoch 3/3' in result.stdout and 'Epoch 2/3' not in result.stdout
-    history = read_history(model_dir)
-    assert [int(row['epoch']) for row in history] == [1, 2, 3]
-    assert [row['phase'] for row in history] == ['freeze', 'fine_tune', 'fine_tune']
-    best_after = json.loads((model_dir / 'best.json').read_text())
-    assert best_after['val_accuracy'] >= best_before['val_accuracy']
-    evaluate.load_serving_model(str(model_dir / 'best.keras'))  # Whole and loadable.
-    assert (model_dir / 'final.keras').exists()
-    assert (model_dir / 'metrics.json').exists()
-    assert not (model_dir / 'saved_model').exists()  # --noexport_saved_model
+from cifar_tfrecord.config import ConvertConfig, InputConfig, TrainConfig
+from cifar_tfrecord.errors import UserInputError
+from conftest import SMALL_TRAINING, read_history, run_script
 
 
 # ----------------------------------------------------------------------------
@@ -123,6 +67,107 @@ def test_validation_accuracy_ignores_examples_of_weight_zero():
     logs = model.evaluate(inputs, targets, sample_weight=np.array([1.0, 0.0]), verbose=0,
                           return_dict=True)
     assert logs['accuracy'] == 1.0
+
+
+def test_validation_loss_and_accuracy_count_real_examples_only(sample_records):
+    # 20 validation images, 4 per replica on 2 replicas: padded to 24 with
+    # examples of weight 0, which must change neither the loss nor the accuracy.
+    strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+    config = TrainConfig(input=InputConfig(records_dir=sample_records, batch_size=8,
+                                           image_size=32), weights='none', fine_tune_epochs=1)
+    keras.utils.set_random_seed(3)
+    with strategy.scope():
+        model = keras.Sequential([
+            keras.Input((32, 32, 3), dtype='uint8'), keras.layers.Rescaling(1 / 255),
+            keras.layers.Flatten(), keras.layers.Dense(10, activation='softmax')])
+        train.compile_model(model, config, 'fine_tune', steps_per_epoch=1, epochs=1,
+                            jit_compile=False)
+    padded, _ = pipeline.distribute(strategy, config.input, 'validation', False)
+    logs = model.evaluate(padded, verbose=0, return_dict=True)
+
+    examples = list(records.read_split(sample_records, 'validation'))
+    images = np.stack([image for _, image, _ in examples])
+    labels = np.array([label for *_, label in examples])
+    probabilities = model.predict(images, verbose=0).astype(np.float64)
+    expected_loss = -np.mean(np.log(probabilities[np.arange(len(labels)), labels]))
+    assert logs['loss'] == pytest.approx(expected_loss, rel=1e-5)
+    assert logs['accuracy'] == pytest.approx(np.mean(probabilities.argmax(axis=1) == labels))
+
+
+@pytest.mark.parametrize('name', config_lib.OPTIMIZERS)
+def test_weight_decay_means_what_it_says_for_every_optimizer(name):
+    decayed = {}
+    for weight_decay in (0.0, 0.1):
+        variable = keras.Variable(np.ones(3, np.float32))
+        optimizer = train.make_optimizer(name, 0.5, weight_decay)
+        optimizer.apply_gradients([(np.zeros(3, np.float32), variable)])
+        decayed[weight_decay] = variable.numpy()
+    np.testing.assert_array_equal(decayed[0.0], np.ones(3))  # A zero gradient, no decay.
+    assert np.all(decayed[0.1] < 1.0)
+
+
+def _fake_run_folder(model_dir, records_dir, **flags):
+    """A run folder as the trainer leaves it after config.json, for resume checks."""
+    manifest = records.load_manifest(records_dir)
+    config = TrainConfig(input=InputConfig(records_dir=records_dir, image_size=32,
+                                           batch_size=8), weights='none', **flags)
+    model_dir.mkdir()
+    (model_dir / 'config.json').write_text(json.dumps({
+        'config': dataclasses.asdict(config),
+        'records': {'fingerprint': manifest.fingerprint()}}))
+    (model_dir / 'history.csv').write_text('epoch,phase\n1,freeze\n')
+    return {path.name: path.read_bytes() for path in model_dir.iterdir()}
+
+
+def test_a_resume_with_changed_flags_is_refused_and_nothing_changes(sample_records, tmp_path,
+                                                                   capsys):
+    model_dir = tmp_path / 'run'
+    before = _fake_run_folder(model_dir, sample_records, freeze_epochs=1, fine_tune_epochs=2)
+    assert run_script('train', f'--records_dir={sample_records}', f'--model_dir={model_dir}',
+                      '--weights=none', '--image_size=32', '--batch_size=16',
+                      '--freeze_epochs=1', '--fine_tune_epochs=3', '--seed=2') == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f'error: {model_dir} holds a run with other flags: ')
+    for change in ('--batch_size=16 (the run has 8)', '--fine_tune_epochs=3 (the run has 2)',
+                   '--seed=2 (the run has 0)'):
+        assert change in error
+    assert '--overwrite' in error and 'freeze_epochs' not in error
+    assert {path.name: path.read_bytes() for path in model_dir.iterdir()} == before
+
+
+def test_a_resume_on_other_records_is_refused_and_a_copy_accepted(sample_records, tmp_path):
+    model_dir = tmp_path / 'run'
+    _fake_run_folder(model_dir, sample_records)
+    copy = tmp_path / 'copy'
+    shutil.copytree(sample_records, copy)
+    config = TrainConfig(input=InputConfig(records_dir=str(copy), image_size=32, batch_size=8,
+                                           cache=str(tmp_path / 'cache')),
+                         weights='none', model_dir=str(model_dir))
+    # Another path to the same records, another cache: both leave the result alone.
+    assert train.resume_state(config, records.load_manifest(str(copy))).epochs_done == 0
+    other = tmp_path / 'other'
+    convert.convert(ConvertConfig(source='sample', output_dir=str(other), seed=5,
+                                  sample_images_per_class=8, sample_test_images=12,
+                                  num_shards=4, validation_fraction=0.25))
+    with pytest.raises(UserInputError, match=f'--records_dir={other} holds other records'):
+        train.resume_state(dataclasses.replace(config, input=dataclasses.replace(
+            config.input, records_dir=str(other))), records.load_manifest(str(other)))
+
+
+def test_overwrite_starts_afresh_and_keeps_files_that_are_not_the_runs(sample_records, tmp_path):
+    model_dir = tmp_path / 'run'
+    _fake_run_folder(model_dir, sample_records, freeze_epochs=3)
+    (model_dir / 'metrics-best-validation.json').write_text('{}')
+    (model_dir / 'notes.txt').write_text('mine')
+    assert run_script('train', f'--records_dir={sample_records}', f'--model_dir={model_dir}',
+                      *SMALL_TRAINING, '--freeze_epochs=0', '--fine_tune_epochs=1',
+                      '--steps_per_epoch=1', '--mixed_precision=float32',
+                      '--noexport_saved_model', '--overwrite') == 0
+    assert [row['epoch'] for row in read_history(model_dir)] == ['1']
+    assert not (model_dir / 'metrics-best-validation.json').exists()
+    assert (model_dir / 'notes.txt').read_text() == 'mine'
+    saved = json.loads((model_dir / 'config.json').read_text())['config']
+    assert saved['freeze_epochs'] == 0 and saved['overwrite'] is True
 
 
 # ----------------------------------------------------------------------------
