@@ -158,7 +158,8 @@ def _in_id_order(ids: list[str], labels: np.ndarray, serialized: list[bytes]) ->
     archive's entries, a file system's listing), so that splitting and
     shuffling, which work on positions, give the same shards from either.
     """
-    order = sorted(range(len(ids)), key=lambda index: sources.id_sort_key(ids[index]))
+    sort_keys = [sources.id_sort_key(image_id) for image_id in ids]
+    order = sorted(range(len(ids)), key=sort_keys.__getitem__)
     return LoadedSet([ids[index] for index in order], labels[order],
                      [serialized[index] for index in order])
 

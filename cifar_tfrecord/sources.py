@@ -262,7 +262,7 @@ class _Folder:
             yield file, _read_file(prefix + file)
 
 
-def _file_stats(folder: str, below: str = '') -> Iterator[tuple[str, int, int]]:
+def _file_stats(folder: str, below: str = '') -> list[tuple[str, int, int]]:
     """`(path below folder, size, mtime in ns)` of every file below `folder`,
     each folder's names in sorted order: one stat per file, nothing read.
 
@@ -271,13 +271,15 @@ def _file_stats(folder: str, below: str = '') -> Iterator[tuple[str, int, int]]:
     remote = files.is_remote(folder)
     listdir = tf.io.gfile.listdir if remote else os.listdir
     prefix = folder.rstrip('/') + '/'  # Cheaper than os.path.join per file.
+    entries = []
     # Remote file systems end folders' names with '/'.
     for name in sorted(name.rstrip('/') for name in listdir(folder)):
         is_folder, size, mtime = _stat(prefix + name, remote)
         if is_folder:
-            yield from _file_stats(prefix + name, f'{below}{name}/')
+            entries += _file_stats(prefix + name, f'{below}{name}/')
         else:
-            yield below + name, size, mtime
+            entries.append((below + name, size, mtime))
+    return entries
 
 
 def _stat(path: str, remote: bool) -> tuple[bool, int, int]:
