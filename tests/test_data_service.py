@@ -12,7 +12,7 @@ from cifar_tfrecord import launch
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
 from cifar_tfrecord.config import InputConfig
-from conftest import SCRIPTS, SMALL_TRAINING, read_history, run_script
+from conftest import SCRIPTS, SMALL_TRAINING, read_history
 
 
 def _free_port() -> int:
@@ -44,7 +44,7 @@ def test_service_script_feeds_the_pipeline(sample_records):
         service.wait()
 
 
-def test_training_reads_through_the_service_script(sample_records, tmp_path):
+def test_two_workers_train_through_the_service_script(sample_records, tmp_path):
     port = _free_port()
     service_log = tmp_path / 'service.log'
     with open(service_log, 'w') as log:
@@ -55,11 +55,16 @@ def test_training_reads_through_the_service_script(sample_records, tmp_path):
     try:
         assert 'dispatcher' in service.stdout.readline()
         model_dir = tmp_path / 'run'
-        assert run_script(
-            'train', f'--records_dir={sample_records}', f'--model_dir={model_dir}',
-            f'--data_service=grpc://localhost:{port}', *SMALL_TRAINING, '--freeze_epochs=2',
-            '--fine_tune_epochs=0', '--steps_per_epoch=2', '--mixed_precision=float32',
-            '--noexport_saved_model') == 0
+        # Two training workers share one service job: each batch goes to one
+        # of them (tests/test_pipeline.py checks each image comes once an
+        # epoch across the workers of a job).
+        job = subprocess.run(
+            [sys.executable, os.path.join(SCRIPTS, 'launch_local.py'), '--num_workers=2', '--',
+             f'--records_dir={sample_records}', f'--model_dir={model_dir}',
+             f'--data_service=grpc://localhost:{port}', *SMALL_TRAINING, '--freeze_epochs=2',
+             '--fine_tune_epochs=0', '--steps_per_epoch=2', '--mixed_precision=float32',
+             '--noexport_saved_model'], capture_output=True, text=True)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-1000:]
     finally:
         service.kill()
         service.wait()
@@ -68,5 +73,7 @@ def test_training_reads_through_the_service_script(sample_records, tmp_path):
     history = read_history(model_dir)
     assert [row['epoch'] for row in history] == ['1', '2']
     assert all(float(row['val_accuracy']) >= 0 for row in history)
+    config = json.loads((model_dir / 'config.json').read_text())
+    assert config['resolved']['replicas'] == 2
     metrics = json.loads((model_dir / 'metrics.json').read_text())
     assert metrics['examples'] == 20  # The whole validation split, read here.

@@ -59,12 +59,14 @@ def test_metrics_cover_the_validation_split(trained_run, sample_records):
     with open(os.path.join(trained_run, 'metrics.json')) as file:
         metrics = json.load(file)
     assert metrics['split'] == 'validation'  # The sample's test set is unlabelled.
+    assert metrics['model'] == 'final.keras'  # The run's model.
     assert metrics['examples'] == 20
     confusion = np.array(metrics['confusion_matrix'])
     assert confusion.shape == (10, 10) and confusion.sum() == 20
     assert metrics['accuracy'] == pytest.approx(np.trace(confusion) / 20)
     assert set(metrics['per_class_accuracy']) == set(records.CLASS_NAMES)
     predictions = np.load(os.path.join(trained_run, 'predictions.npz'))
+    assert (str(predictions['model']), str(predictions['split'])) == ('final.keras', 'validation')
     assert predictions['images'].shape == (20, 32, 32, 3)
     assert predictions['probabilities'].shape == (20, 10)
 
@@ -91,16 +93,18 @@ def test_best_checkpoint_loads_in_safe_mode(trained_run):
 def test_evaluate_script_writes_metrics(trained_run, sample_records, tmp_path):
     output = tmp_path / 'metrics.json'
     assert run_script('evaluate', f'--model_dir={trained_run}', f'--records_dir={sample_records}',
-                      '--split=train', f'--output={output}') == 0
+                      '--split=train', f'--output={output}',
+                      f'--predictions_output={tmp_path / "predictions.npz"}') == 0
     metrics = json.loads(output.read_text())
     assert metrics['split'] == 'train' and metrics['examples'] == 60
+    assert metrics['model'] == 'final.keras'
 
 
-def test_predict_script_writes_a_kaggle_submission(trained_run, sample_records, tmp_path):
-    output = tmp_path / 'submission.csv'
-    assert run_script('predict', f'--model_dir={trained_run}', f'--records_dir={sample_records}',
-                      f'--output={output}') == 0
-    lines = output.read_text().splitlines()
+def test_predict_script_writes_a_kaggle_submission(trained_run, sample_records):
+    assert run_script('predict', f'--model_dir={trained_run}',
+                      f'--records_dir={sample_records}') == 0
+    with open(os.path.join(trained_run, 'submission-final.csv')) as file:
+        lines = file.read().splitlines()
     assert lines[0] == 'id,label'
     rows = [line.split(',') for line in lines[1:]]
     assert [int(image_id) for image_id, _ in rows] == list(range(1, 13))

@@ -8,7 +8,8 @@ flags: final weights bit for bit, and the history's loss columns.
 
 The two chains together cover: mid-epoch and between epochs, in the freeze
 phase and in the fine-tune phase, inside a save, --freeze_epochs=0 and 1,
---weights=none and a weights file, the memory cache and --cache=PATH.
+--weights=none and a weights file, the memory cache and --cache=PATH,
+float32 and mixed bfloat16. tests/test_launch.py resumes two workers.
 """
 
 import os
@@ -110,9 +111,9 @@ def test_pretrained_two_phases_resume_exactly_after_kills_anywhere(
     assert [int(row['epoch']) for row in read_history(run)] == [1, 2, 3]
 
 
-def test_from_scratch_with_a_file_cache_resumes_exactly(sample_records, tmp_path):
+def test_from_scratch_in_bfloat16_with_a_file_cache_resumes_exactly(sample_records, tmp_path):
     flags = _flags(sample_records, '--freeze_epochs=0', '--fine_tune_epochs=3',
-                   f'--cache={tmp_path / "cache" / "images"}')
+                   f'--cache={tmp_path / "cache" / "images"}', '--mixed_precision=mixed_bfloat16')
     _completed(tmp_path / 'reference', flags)
 
     run = tmp_path / 'run'
