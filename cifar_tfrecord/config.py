@@ -143,8 +143,9 @@ class TrainConfig:
         'Momentum of the moving statistics of the BatchNorm layers that train: the head, and '
         "the backbone from scratch. Keras' 0.99 lags so far behind a short run that "
         'validation accuracy stays near chance while training accuracy climbs.'))
-    freeze_epochs: int = option(
-        2, 'Epochs training only the head, the backbone frozen (BatchNorm in inference mode).')
+    freeze_epochs: int = option(2, (
+        'Epochs training only the head, the backbone frozen (BatchNorm in inference mode). '
+        'None with --weights=none: a head on random frozen features learns nothing.'))
     fine_tune_epochs: int = option(
         10, 'Epochs training everything afterwards (BatchNorm still in inference mode).')
     optimizer: str = option('sgd', 'sgd (Nesterov momentum 0.9), rmsprop or adamw.')
@@ -179,10 +180,11 @@ class TrainConfig:
         """Checks the values a user can get wrong; returns self."""
         self.input.validate()
         if self.freeze_epochs < 0 or self.fine_tune_epochs < 0 or (
-                self.freeze_epochs + self.fine_tune_epochs < 1):
+                self.frozen_epochs() + self.fine_tune_epochs < 1):
             raise UserInputError(
                 f'--freeze_epochs={self.freeze_epochs} --fine_tune_epochs='
-                f'{self.fine_tune_epochs}: epochs must not be negative, and one at least')
+                f'{self.fine_tune_epochs}: epochs must not be negative, and one at least'
+                + (' (--weights=none has no freeze phase)' if self.weights == 'none' else ''))
         if self.optimizer not in OPTIMIZERS:
             raise UserInputError(f'--optimizer={self.optimizer}: use one of {", ".join(OPTIMIZERS)}')
         if self.mixed_precision not in PRECISIONS:
@@ -204,6 +206,14 @@ class TrainConfig:
         if self.weight_decay < 0:
             raise UserInputError(f'--weight_decay={self.weight_decay}: must not be negative')
         return self
+
+    def frozen_epochs(self) -> int:
+        """The epochs of the freeze phase: none from random weights.
+
+        A head trained on the features of a random, frozen backbone learns
+        nothing the fine-tuning can use, and its epochs would only cost time.
+        """
+        return 0 if self.weights == 'none' else self.freeze_epochs
 
     def scaled_learning_rate(self, phase: str) -> float:
         """A phase's peak learning rate, scaled linearly to the global batch."""

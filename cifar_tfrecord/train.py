@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import random
-import sys
 
 import keras
 import numpy as np
@@ -36,6 +35,7 @@ import tensorflow as tf
 from absl import logging
 
 from cifar_tfrecord import callbacks as run_callbacks
+from cifar_tfrecord import cli
 from cifar_tfrecord import config as config_lib
 from cifar_tfrecord import evaluate
 from cifar_tfrecord import model as model_lib
@@ -72,6 +72,10 @@ def train(config: TrainConfig) -> dict | None:
                  type(strategy).__name__, strategy.num_replicas_in_sync,
                  config.input.batch_size // strategy.num_replicas_in_sync, precision,
                  resolve_jit_compile(config.jit_compile))
+    if config.frozen_epochs() != config.freeze_epochs:
+        logging.info('--weights=none: no freeze phase (--freeze_epochs=%d skipped), %d epochs '
+                     'of training the whole network from scratch', config.freeze_epochs,
+                     config.fine_tune_epochs)
     seed_everything(config)
     with strategy.scope():
         model = build(config)
@@ -97,9 +101,8 @@ def _run_phases(model, config, strategy, state, steps_per_epoch, output_dir) -> 
 
 def phase_epochs(config: TrainConfig, phase: str) -> tuple[int, int]:
     """The phase's epochs, [first, end), counted over the whole run."""
-    if phase == 'freeze':
-        return 0, config.freeze_epochs
-    return config.freeze_epochs, config.freeze_epochs + config.fine_tune_epochs
+    frozen = config.frozen_epochs()
+    return (0, frozen) if phase == 'freeze' else (frozen, frozen + config.fine_tune_epochs)
 
 
 def count_steps(config: TrainConfig, manifest: records.Manifest,
@@ -352,7 +355,8 @@ def write_config(config: TrainConfig, output_dir: str, precision: str,
         'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__,
                      'keras': keras.__version__, 'numpy': np.__version__},
         'devices': [device.name for device in tf.config.list_logical_devices()],
-        'command': sys.argv,
+        'command': cli.command_line(),
+        'recipe': cli.recipe(cli.command_line()),
     }
     run_callbacks.write_text_atomically(
         run_folder.path(output_dir, run_folder.CONFIG), json.dumps(content, indent=2) + '\n')

@@ -61,8 +61,8 @@ def test_two_workers_train_through_the_service_script(sample_records, tmp_path):
         job = subprocess.run(
             [sys.executable, os.path.join(SCRIPTS, 'launch_local.py'), '--num_workers=2', '--',
              f'--records_dir={sample_records}', f'--model_dir={model_dir}',
-             f'--data_service=grpc://localhost:{port}', *SMALL_TRAINING, '--freeze_epochs=2',
-             '--fine_tune_epochs=0', '--steps_per_epoch=2', '--mixed_precision=float32',
+             f'--data_service=grpc://localhost:{port}', *SMALL_TRAINING, '--freeze_epochs=0',
+             '--fine_tune_epochs=2', '--steps_per_epoch=2', '--mixed_precision=float32',
              '--noexport_saved_model'], capture_output=True, text=True)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-1000:]
     finally:

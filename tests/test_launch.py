@@ -85,11 +85,11 @@ _DIGEST = re.compile(r'^\[worker (\d+)\] .*Final weights: sha256 ([0-9a-f]{64})$
 
 def _launch(records_dir, model_dir, kill_at=None):
     """A two-worker job through launch_local.py; its output, stderr included."""
-    # The freeze phase alone, two epochs of two steps; four images per worker a step.
+    # From scratch: two epochs of two steps; four images per worker a step.
     command = [sys.executable, os.path.join(SCRIPTS, 'launch_local.py'), '--num_workers=2', '--',
                f'--records_dir={records_dir}', f'--model_dir={model_dir}', *SMALL_TRAINING,
-               '--steps_per_epoch=2', '--mixed_precision=float32', '--freeze_epochs=2',
-               '--fine_tune_epochs=0', '--noexport_saved_model', '--deterministic']
+               '--steps_per_epoch=2', '--mixed_precision=float32', '--freeze_epochs=0',
+               '--fine_tune_epochs=2', '--noexport_saved_model', '--deterministic']
     environment = {key: value for key, value in os.environ.items()
                    if key != faults.ENVIRONMENT_VARIABLE}
     environment.update(faults.kill_at(*kill_at) if kill_at else {})
@@ -124,7 +124,7 @@ def test_two_workers_killed_and_rerun_end_as_an_uninterrupted_job(sample_records
     # The workers hold the same weights, and the uninterrupted job's.
     assert dict(_DIGEST.findall(rerun.stdout)) == expected
     assert [(row['epoch'], row['phase']) for row in read_history(model_dir)] == [
-        ('1', 'freeze'), ('2', 'freeze')]
+        ('1', 'fine_tune'), ('2', 'fine_tune')]
     assert sorted(os.listdir(model_dir)) == [
         'best.json', 'best.keras', 'config.json', 'final.keras', 'history.csv', 'logs',
         'metrics.json', 'predictions.npz', 'state.json']

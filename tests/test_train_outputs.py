@@ -11,22 +11,26 @@ import pytest
 import tensorflow as tf
 
 from cifar_tfrecord import evaluate
+from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import records
 from conftest import SMALL_TRAINING, read_history, run_script
 
 
 @pytest.fixture(scope='module')
 def trained_run(sample_records, tmp_path_factory):
-    """One short run: two replicas, mixed bfloat16, both phases.
+    """One short run: two replicas, mixed bfloat16, both phases, from a weights file.
 
     Every test of this module reads it, and the test command sends whole
     modules to its processes (--dist=loadfile): it is trained once.
     """
-    model_dir = str(tmp_path_factory.mktemp('run') / 'run')
+    folder = tmp_path_factory.mktemp('run')
+    weights = str(folder / 'backbone.weights.h5')
+    model_lib.build_backbone('none', 32).save_weights(weights)
+    model_dir = str(folder / 'run')
     status = run_script('train', f'--records_dir={sample_records}', f'--model_dir={model_dir}',
-                        *SMALL_TRAINING, '--strategy=mirrored', '--mixed_precision=mixed_bfloat16',
-                        '--freeze_epochs=1', '--fine_tune_epochs=1', '--steps_per_epoch=2',
-                        '--batch_norm_momentum=0.8')
+                        *SMALL_TRAINING, f'--weights={weights}', '--strategy=mirrored',
+                        '--mixed_precision=mixed_bfloat16', '--freeze_epochs=1',
+                        '--fine_tune_epochs=1', '--steps_per_epoch=2', '--batch_norm_momentum=0.8')
     keras.mixed_precision.set_global_policy('float32')
     assert status == 0
     return model_dir
