@@ -42,6 +42,32 @@ def config_from_flags(config_class):
     return config_class(**values)
 
 
+_command_line = sys.argv
+
+
+def command_line() -> list[str]:
+    """The command line of the script `run` runs, flags included."""
+    return list(_command_line)
+
+
+def recipe(argv: list[str]) -> dict:
+    """What a command line was made of: its flag files, with their text, and
+    the flags it gave besides (which override the files' when they come later).
+    """
+    flagfiles, flags_given = {}, []
+    arguments = iter(argv[1:])
+    for argument in arguments:
+        if argument == '--flagfile':
+            argument = '--flagfile=' + next(arguments, '')
+        if argument.startswith('--flagfile='):
+            path = argument.split('=', 1)[1]
+            with open(path) as file:
+                flagfiles[path] = file.read()
+        else:
+            flags_given.append(argument)
+    return {'flagfiles': flagfiles, 'flags': flags_given}
+
+
 def _base_type(annotation) -> type:
     if isinstance(annotation, types.UnionType):  # `str | None`
         return next(member for member in annotation.__args__ if member is not type(None))
@@ -49,7 +75,12 @@ def _base_type(annotation) -> type:
 
 
 def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
-    """`app.run(main)`, with bad input reported as one line and exit status 1."""
+    """`app.run(main)`, with bad input reported as one line and exit status 1.
+
+    `argv` (default: sys.argv) is the command line `command_line` returns.
+    """
+    global _command_line
+    _command_line = list(argv if argv is not None else sys.argv)
 
     def guarded_main(argv):
         try:

@@ -2,16 +2,14 @@
 # Quick-start command 1: set up .venv if needed, then run the whole job on the
 # generated offline sample: convert, train briefly from scratch at 32 px
 # (the trainer evaluates the final model), evaluate the best checkpoint too,
-# plot. A few minutes on 2 CPU cores, no network needed. AdamW (0.004 at
-# batch 256, so 0.001 at 64) gets a network from random weights going in
-# fewer steps than SGD does.
+# plot. A few minutes on 2 CPU cores, no network needed. The training recipe
+# is scripts/recipes/quickstart.flags.
 #   bash scripts/quickstart.sh
 source "$(dirname "${BASH_SOURCE[0]}")/setup_venv.sh"
 set -x
 python scripts/convert.py --source=sample --output_dir=records/sample
-python scripts/train.py --records_dir=records/sample --model_dir=runs/quickstart \
-  --weights=none --image_size=32 --batch_size=64 --freeze_epochs=0 --fine_tune_epochs=4 \
-  --optimizer=adamw --fine_tune_learning_rate=0.004 --weight_decay=0.0001
+python scripts/train.py --flagfile=scripts/recipes/quickstart.flags \
+  --records_dir=records/sample --model_dir=runs/quickstart
 python scripts/evaluate.py --model_dir=runs/quickstart --records_dir=records/sample --model=best
 python scripts/plot.py --model_dir=runs/quickstart
 set +x

@@ -37,8 +37,12 @@ def test_convert_train_and_plot_on_a_remote_file_system(tmp_path, monkeypatch):
                       '--num_shards=4', '--validation_fraction=0.25') == 0
     assert run_script('convert', '--verify', f'--output_dir={root}/records') == 0
     assert run_script('train', f'--records_dir={root}/records', f'--model_dir={root}/run',
-                      *SMALL_TRAINING, '--freeze_epochs=1', '--fine_tune_epochs=0',
+                      *SMALL_TRAINING, '--freeze_epochs=1', '--fine_tune_epochs=1',
                       '--steps_per_epoch=2', '--mixed_precision=float32') == 0
+    # --weights=none: the freeze phase is skipped, one epoch from scratch.
+    with tf.io.gfile.GFile(f'{root}/run/history.csv') as file:
+        assert [line.split(',')[:2] for line in file.read().splitlines()[1:]] == [
+            ['1', 'fine_tune']]
     assert sorted(tf.io.gfile.listdir(f'{root}/run')) == [
         'best.json', 'best.keras', 'config.json', 'final.keras', 'history.csv', 'logs',
         'metrics.json', 'predictions.npz', 'saved_model', 'state.json']
@@ -159,15 +163,21 @@ def test_overwrite_starts_afresh_and_keeps_files_that_are_not_the_runs(sample_re
     _fake_run_folder(model_dir, sample_records, freeze_epochs=3)
     (model_dir / 'metrics-best-validation.json').write_text('{}')
     (model_dir / 'notes.txt').write_text('mine')
+    recipe = tmp_path / 'small.flags'
+    recipe.write_text('\n'.join([*SMALL_TRAINING, '--fine_tune_epochs=3']) + '\n')
     assert run_script('train', f'--records_dir={sample_records}', f'--model_dir={model_dir}',
-                      *SMALL_TRAINING, '--freeze_epochs=0', '--fine_tune_epochs=1',
+                      f'--flagfile={recipe}', '--freeze_epochs=0', '--fine_tune_epochs=1',
                       '--steps_per_epoch=1', '--mixed_precision=float32',
                       '--noexport_saved_model', '--overwrite') == 0
     assert [row['epoch'] for row in read_history(model_dir)] == ['1']
     assert not (model_dir / 'metrics-best-validation.json').exists()
     assert (model_dir / 'notes.txt').read_text() == 'mine'
-    saved = json.loads((model_dir / 'config.json').read_text())['config']
-    assert saved['freeze_epochs'] == 0 and saved['overwrite'] is True
+    saved = json.loads((model_dir / 'config.json').read_text())
+    assert saved['config']['freeze_epochs'] == 0 and saved['config']['overwrite'] is True
+    # The recipe file, its text, and the flags given after it, which won.
+    assert saved['recipe']['flagfiles'] == {str(recipe): recipe.read_text()}
+    assert '--fine_tune_epochs=1' in saved['recipe']['flags']
+    assert saved['config']['fine_tune_epochs'] == 1
 
 
 # ----------------------------------------------------------------------------
