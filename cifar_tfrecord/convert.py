@@ -208,21 +208,21 @@ def _decoded_pngs(batches: Iterator[sources.SourceBatch], kaggle_set: str
             for batch in batches:
                 _check_signatures(batch.ids, batch.images, kaggle_set)
                 pending.append(batch)
-                yield _padded_to_groups(batch.images), _positions(start, len(batch.ids))
+                yield _in_groups(batch.images), _positions(start, len(batch.ids))
                 start += len(batch.ids)
         except Exception as error:  # Raised again below, as itself.
             source_errors.append(error)
 
+    group_shape = [None, _DECODE_GROUP]
     dataset = (
         tf.data.Dataset.from_generator(png_batches, output_signature=(
-            tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int64)))
+            tf.TensorSpec(group_shape, tf.string), tf.TensorSpec(group_shape, tf.int64)))
         # The generator runs batches ahead, so decoding never waits on reading.
         .prefetch(4)
-        .unbatch()
-        .batch(_DECODE_GROUP, drop_remainder=True)
+        .unbatch()  # To groups: no step of the pipeline works image by image.
         .map(_decode_group, num_parallel_calls=_GROUP_CALLS, deterministic=True)
-        .unbatch()
-        .batch(_BATCH_SIZE)  # Few calls out of TF; the batches are rebuilt below.
+        # Few calls out of TF; the source's batches are rebuilt below.
+        .batch(max(_BATCH_SIZE // _DECODE_GROUP, 1))
         .prefetch(1))
     try:
         yield from _rebuilt_batches(dataset.as_numpy_iterator(), pending)
@@ -248,13 +248,15 @@ def _rebuilt_batches(decoded: Iterable[tuple[np.ndarray, np.ndarray]],
     next_position = 0
     images = np.empty((0, *records.IMAGE_SHAPE), np.uint8)  # Not yet in a batch.
     for chunk, positions in decoded:
+        chunk, positions = chunk.reshape(-1, *records.IMAGE_SHAPE), positions.reshape(-1)
         is_image = positions != _PADDING
-        chunk, positions = chunk[is_image], positions[is_image]
+        if not is_image.all():
+            chunk, positions = chunk[is_image], positions[is_image]
         if not np.array_equal(positions, np.arange(next_position, next_position + len(positions))):
             raise RuntimeError(f'internal error: decoded images out of place after image '
                                f'{next_position} (positions {positions[:5]}...)')
         next_position += len(positions)
-        images = np.concatenate([images, chunk])
+        images = np.concatenate([images, chunk]) if len(images) else chunk
         while pending and len(pending[0].ids) <= len(images):
             batch = pending.popleft()
             yield batch, images[:len(batch.ids)]
@@ -270,16 +272,21 @@ def _decode_group(pngs: tf.Tensor, positions: tf.Tensor) -> tuple[tf.Tensor, tf.
     return tf.stack(images), positions
 
 
-def _padded_to_groups(items: list) -> list:
-    """A batch made a whole number of decoding groups, with copies of its last item."""
-    return items + items[-1:] * (_padded_size(len(items)) - len(items))
+def _in_groups(pngs: list[bytes]) -> np.ndarray:
+    """A batch's PNGs as rows of a decoding group each, the last row padded
+    with copies of the last PNG.
+    """
+    padded = pngs + pngs[-1:] * (_padded_size(len(pngs)) - len(pngs))
+    return np.array(padded, object).reshape(-1, _DECODE_GROUP)
 
 
 def _positions(start: int, count: int) -> np.ndarray:
-    """The positions in the set of a batch's images, padded as its images are."""
+    """The positions in the set of a batch's images, in rows as `_in_groups`
+    puts them.
+    """
     positions = np.full(_padded_size(count), _PADDING, np.int64)
     positions[:count] = np.arange(start, start + count)
-    return positions
+    return positions.reshape(-1, _DECODE_GROUP)
 
 
 def _padded_size(count: int) -> int:

@@ -143,9 +143,9 @@ def _id_pixel_batches(sizes: list[int]):
 
 @pytest.mark.parametrize('encoding', records.ENCODINGS)
 def test_uneven_source_batches_keep_each_image_with_its_id_and_label(monkeypatch, encoding):
-    # Output chunks of 24 decoded images cut across the source's batches and
-    # the groups of 16 PNGs decoded at a time.
-    monkeypatch.setattr(convert_lib, '_BATCH_SIZE', 24)
+    # Decoded images come out of TF two groups of 16 at a time, in chunks
+    # that cut across the source's batches.
+    monkeypatch.setattr(convert_lib, '_BATCH_SIZE', 2 * convert_lib._DECODE_GROUP)
     # Short batches first, in the middle and last; some cross a group's end.
     sizes = [5, 1, 40, 16, 3, 33, 17, 7, 1]
     loaded = convert_lib.load_set(_id_pixel_batches(sizes), encoding, 'train')
@@ -158,12 +158,18 @@ def test_uneven_source_batches_keep_each_image_with_its_id_and_label(monkeypatch
 
 
 def test_decoded_images_out_of_place_are_an_internal_error():
-    batch = sources.SourceBatch(['1', '2', '3'], [b''] * 3, np.zeros(3, np.int64))
-    images = np.zeros((4, *records.IMAGE_SHAPE), np.uint8)
-    rebuilt = convert_lib._rebuilt_batches(
-        [(images, np.array([0, 2, 1, convert_lib._PADDING]))], collections.deque([batch]))
+    def rebuild(positions):
+        batch = sources.SourceBatch(['1', '2', '3'], [b''] * 3, np.zeros(3, np.int64))
+        # One decoded group, as TF hands it back: three images, then padding.
+        group = np.zeros((1, convert_lib._DECODE_GROUP, *records.IMAGE_SHAPE), np.uint8)
+        return list(convert_lib._rebuilt_batches([(group, positions)], collections.deque([batch])))
+
+    in_place = convert_lib._positions(0, 3)
+    assert [len(images) for _, images in rebuild(in_place)] == [3]
+    swapped = in_place.copy()
+    swapped[0, [1, 2]] = in_place[0, [2, 1]]
     with pytest.raises(RuntimeError, match='internal error: decoded images out of place'):
-        list(rebuilt)
+        rebuild(swapped)
 
 
 def test_a_changed_extracted_image_is_converted_again(tmp_path, small_sample, capsys):
