@@ -55,6 +55,8 @@ def main(argv):
               f'{result.seconds:>9.2f}  {versus}')
     if FLAGS.suite == 'input':
         _print_input_summary(results)
+    if FLAGS.suite == 'train':
+        _print_train_summary(results)
     if FLAGS.output_json:
         with open(FLAGS.output_json, 'w') as file:
             json.dump({'results': [result.to_json() for result in results]}, file, indent=2)
@@ -68,6 +70,15 @@ def _print_input_summary(results):
     print(f'host upsampling to 224 needs {benchmark.cores_to_feed_a_gpu(upsampled):.1f} CPU cores '
           f'to feed one GPU at {benchmark.GPU_IMAGES_PER_SECOND:,} images/s; on the device it '
           f'needs none (--upsample_on=device)')
+
+
+def _print_train_summary(results):
+    fed = {result.name: result for result in results}['train_pipeline']
+    verdict = ('input keeps up with training' if fed.speedup >= benchmark.INPUT_KEEPS_UP
+               else 'input holds training back: add CPU, or preprocess elsewhere '
+                    '(--data_service)')
+    print(f'fed from the records at {fed.speedup:.2f}x the speed of one batch held in '
+          f'memory: {verdict}')
 
 
 if __name__ == '__main__':

@@ -30,7 +30,7 @@ SUITES = {
 
 @pytest.mark.parametrize('suite', sorted(SUITES))
 def test_each_suite_reports_every_entry_against_its_baseline(suite, sample_records, kaggle_zip,
-                                                             tmp_path):
+                                                             tmp_path, capsys):
     output = tmp_path / 'results.json'
     flags = {'convert': [f'--data_dir={kaggle_zip}'],
              'input': ['--batch_size=10'],
@@ -39,6 +39,8 @@ def test_each_suite_reports_every_entry_against_its_baseline(suite, sample_recor
     assert run_script('benchmark', f'--suite={suite}', f'--records_dir={sample_records}',
                       '--repeats=1', f'--output_json={output}', *flags) == 0
     results = json.loads(output.read_text())['results']
+    if suite == 'train':  # The verdict of the GPU user's checklist.
+        assert 'fed from the records at ' in capsys.readouterr().out
     assert {result['name']: result['baseline'] for result in results} == SUITES[suite]
     for result in results:
         assert result['images_per_second'] > 0 and result['images'] > 0

@@ -54,7 +54,8 @@ def test_two_replicas_and_bfloat16_were_used(trained_run):
     with open(os.path.join(trained_run, 'config.json')) as file:
         config = json.load(file)
     assert config['resolved'] == {'mixed_precision': 'mixed_bfloat16',
-                                  'strategy': 'MirroredStrategy', 'replicas': 2}
+                                  'strategy': 'MirroredStrategy', 'replicas': 2,
+                                  'jit_compile': False}
     assert config['config']['input']['batch_size'] == 8
     assert config['versions']['tensorflow'] == tf.__version__
 
