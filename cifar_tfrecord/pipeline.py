@@ -370,6 +370,14 @@ def checked_shard_paths(config: InputConfig, split: str,
     return paths
 
 
+def check_batch_divides(batch_size: int, replicas: int) -> None:
+    """Refuses a global batch that the replicas cannot share evenly."""
+    if batch_size % replicas:
+        raise UserInputError(
+            f'--batch_size={batch_size} does not divide evenly over {replicas} '
+            f'replicas; use a multiple of {replicas}')
+
+
 def distribute(strategy: tf.distribute.Strategy, config: InputConfig, split: str,
                training: bool, **epochs) -> tuple[tf.distribute.DistributedDataset, int]:
     """`make_dataset` for every replica of a strategy, each with its share.
@@ -378,10 +386,7 @@ def distribute(strategy: tf.distribute.Strategy, config: InputConfig, split: str
     service_job, for training.
     """
     replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise UserInputError(
-            f'--batch_size={config.batch_size} does not divide evenly over {replicas} '
-            f'replicas; use a multiple of {replicas}')
+    check_batch_divides(config.batch_size, replicas)
     manifest = records.load_manifest(config.records_dir)
     dataset = strategy.distribute_datasets_from_function(
         lambda context: make_dataset(config, split, training, context, manifest, **epochs)[0])

@@ -108,11 +108,7 @@ def phase_epochs(config: TrainConfig, phase: str) -> tuple[int, int]:
 def count_steps(config: TrainConfig, manifest: records.Manifest,
                 strategy: tf.distribute.Strategy) -> int:
     """Training steps per epoch; refuses a batch the data or replicas cannot fill."""
-    replicas = strategy.num_replicas_in_sync
-    if config.input.batch_size % replicas:
-        raise UserInputError(
-            f'--batch_size={config.input.batch_size} does not divide evenly over {replicas} '
-            f'replicas; use a multiple of {replicas}')
+    pipeline.check_batch_divides(config.input.batch_size, strategy.num_replicas_in_sync)
     train_count = manifest.splits['train'].num_examples
     steps_per_epoch = train_count // config.input.batch_size
     if config.steps_per_epoch:
