@@ -1,8 +1,10 @@
 """ResNet50 with ImageNet weights, a small head, and in-model preprocessing.
 
-The model takes a tensor of images and knows nothing of files or of the input
-pipeline. Every layer is a real Keras layer (no Lambda), so saved models load
-with `safe_mode=True`.
+The model takes a tensor of images and knows nothing of the input pipeline.
+The one file it reads is a backbone weights file (Keras 2's layout, as Keras
+downloads it, or Keras 3's .weights.h5), checked here first so that a wrong
+one is refused in one line saying what is wrong. Every layer is a real Keras
+layer (no Lambda), so saved models load with `safe_mode=True`.
 
     uint8 32x32 images -> Preprocessing (caffe normalization, upsampling)
     -> ResNet50 backbone (pretrained, its BatchNorm layers stay frozen, so
@@ -11,8 +13,10 @@ with `safe_mode=True`.
     -> Dense softmax, in float32 even under mixed precision
 """
 
+import dataclasses
 import os
 
+import h5py
 import keras
 
 from cifar_tfrecord.errors import UserInputError
@@ -20,6 +24,8 @@ from cifar_tfrecord.errors import UserInputError
 NUM_CLASSES = 10
 INPUT_SIZE = 32
 BACKBONE_NAME = 'resnet50'
+# What Keras downloads for ResNet50 without its top: the file --weights=PATH stands in for.
+NOTOP_WEIGHTS_FILE = 'resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5'
 
 
 @keras.saving.register_keras_serializable(package='cifar_tfrecord')
@@ -105,26 +111,192 @@ def build_model(weights: str, image_size: int, preprocess: bool, normalization: 
 
 
 def check_weights(weights: str) -> None:
-    """Refuses a weights file that does not exist, before anything starts."""
-    if weights not in ('imagenet', 'none') and not os.path.exists(weights):
-        raise UserInputError(f'--weights={weights}: no such file')
+    """Refuses, before anything starts, a weights file no ResNet50 can load.
+
+    Reads the file alone, with h5py and no TensorFlow, so a trainer calls it
+    before creating its distribution strategy (multi-worker collectives must
+    be set up before TensorFlow starts). That the file's layers match the
+    backbone's is checked when the backbone is built (see build_backbone).
+    """
+    if weights not in ('imagenet', 'none'):
+        _read_weights_file(weights)
 
 
 def build_backbone(weights: str, image_size: int) -> keras.Model:
     """ResNet50 without its top, from the requested weights."""
-    check_weights(weights)
-    try:
-        return keras.applications.ResNet50(
-            include_top=False, weights=None if weights == 'none' else weights,
-            input_shape=(image_size, image_size, 3))
-    except Exception as error:  # Download and file errors come in many kinds.
-        if weights == 'imagenet':
+    if weights == 'imagenet':
+        return _imagenet_backbone(image_size)
+    contents = None if weights == 'none' else _read_weights_file(weights)
+    backbone = keras.applications.ResNet50(include_top=False, weights=None,
+                                           input_shape=(image_size, image_size, 3))
+    if contents is not None:
+        _check_layers_match(weights, contents, backbone)
+        try:
+            backbone.load_weights(weights)
+        except Exception as error:  # Keras' own checks, should ours have missed one.
             raise UserInputError(
-                f'could not fetch the ImageNet weights of ResNet50 ({type(error).__name__}: '
-                f'{str(error).splitlines()[0] if str(error) else ""}); check the network, '
-                'or use --weights=none, or --weights=PATH to a local '
-                'resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5') from error
-        raise UserInputError(f'--weights={weights}: cannot load ({error})') from error
+                f'--weights={weights}: cannot load ({_first_line(error)})') from error
+    return backbone
+
+
+def _imagenet_backbone(image_size: int) -> keras.Model:
+    try:
+        return keras.applications.ResNet50(include_top=False, weights='imagenet',
+                                           input_shape=(image_size, image_size, 3))
+    except Exception as error:  # Download and file errors come in many kinds.
+        raise UserInputError(
+            f'could not fetch the ImageNet weights of ResNet50 ({type(error).__name__}: '
+            f'{_first_line(error)}); check the network, or use --weights=none, or '
+            f'--weights=PATH to a local {NOTOP_WEIGHTS_FILE}') from error
+
+
+def _first_line(error: Exception) -> str:
+    """Keras' messages run over many lines; a user error is reported in one."""
+    return str(error).strip().split('\n', 1)[0]
+
+
+# Weights files. Keras picks its loader by the file's name: `.weights.h5`
+# is Keras 3's own layout (a dataset per variable at layers/<layer>/vars/<i>),
+# any other `.h5` Keras 2's, which the downloadable ImageNet files use (the
+# layer names, in order, as the root's `layer_names` attribute; a group per
+# layer naming its weights in `weight_names`, trainable ones first, each a
+# dataset such as `conv1_conv/kernel:0`). Keras 2 files load by position:
+# the n-th layer with weights in the file goes into the model's n-th.
+
+_EXPECTED = f'expected the weights of ResNet50 without its top, like {NOTOP_WEIGHTS_FILE}'
+
+
+@dataclasses.dataclass(frozen=True)
+class _WeightsFile:
+    """A weights file's layers with weights, and the shapes of their weights.
+
+    In a legacy (Keras 2) file the layers come in the order Keras loads them;
+    in a Keras 3 file, in the file's (alphabetical) order.
+    """
+    legacy: bool
+    layers: list[tuple[str, list[tuple[int, ...]]]]
+
+
+def _read_weights_file(path: str) -> _WeightsFile:
+    """The file's contents; refuses one Keras cannot read as weights, or with the top."""
+    if not os.path.exists(path):
+        raise UserInputError(f'--weights={path}: no such file')
+    if os.path.isdir(path):
+        raise UserInputError(f'--weights={path}: is a folder; {_EXPECTED}')
+    if os.path.getsize(path) == 0:
+        raise UserInputError(f'--weights={path}: the file is empty; {_EXPECTED}')
+    if not h5py.is_hdf5(path):
+        raise UserInputError(f'--weights={path}: not an HDF5 file (it starts with '
+                             f'{_first_bytes(path)!r}); {_EXPECTED}')
+    try:
+        with h5py.File(path, 'r') as file:
+            contents = _read_contents(path, file)
+    except (OSError, KeyError, ValueError) as error:  # A damaged or incomplete file.
+        raise UserInputError(
+            f'--weights={path}: unreadable HDF5 ({_first_line(error)})') from error
+    _check_name(path, contents.legacy)
+    _check_no_top(path, contents)
+    return contents
+
+
+def _first_bytes(path: str) -> bytes:
+    """Enough of a file to tell what it is instead: a web page, a Git LFS pointer."""
+    with open(path, 'rb') as file:
+        return file.read(16)
+
+
+def _read_contents(path: str, file: h5py.File) -> _WeightsFile:
+    if 'layer_names' not in file.attrs and 'model_weights' in file:
+        file = file['model_weights']  # A whole Keras 2 model, as Keras reads it.
+    if _strings(file, 'layer_names'):
+        return _WeightsFile(legacy=True, layers=_legacy_layers(file))
+    if 'layers' in file:
+        return _WeightsFile(legacy=False, layers=_keras_layers(file['layers']))
+    raise UserInputError(f"--weights={path}: an HDF5 file without Keras weights (no "
+                         f"'layer_names' attribute, no 'layers' group); {_EXPECTED}")
+
+
+def _legacy_layers(root: h5py.Group) -> list[tuple[str, list[tuple[int, ...]]]]:
+    layers = []
+    for name in _strings(root, 'layer_names'):
+        group = root[name]
+        shapes = [group[weight].shape for weight in _strings(group, 'weight_names')]
+        if shapes:  # Keras skips layers without weights, in the file and in the model.
+            layers.append((name, shapes))
+    return layers
+
+
+def _keras_layers(group: h5py.Group) -> list[tuple[str, list[tuple[int, ...]]]]:
+    shapes = {}
+
+    def add(name, item):
+        if isinstance(item, h5py.Dataset):
+            shapes.setdefault(name.rpartition('/vars/')[0], []).append(item.shape)
+
+    group.visititems(add)
+    return list(shapes.items())
+
+
+def _strings(group: h5py.Group, name: str) -> list[str]:
+    """A list-of-strings attribute, empty when absent.
+
+    Keras 2 split one longer than 64 KB into name0, name1, ...; ResNet50's
+    layer names take 4 KB, so that case is a file of another model.
+    """
+    return [value.decode('utf8') if isinstance(value, bytes) else str(value)
+            for value in group.attrs.get(name, [])]
+
+
+def _check_name(path: str, legacy: bool) -> None:
+    """Keras would read a misnamed file with the other format's loader, and fail."""
+    keras_name = path.endswith('.weights.h5')
+    if legacy and (keras_name or not path.endswith(('.h5', '.hdf5'))):
+        raise UserInputError(
+            f"--weights={path}: holds Keras 2's layout (as downloaded), which Keras reads only "
+            f'from a name ending in .h5 but not .weights.h5; rename it, to '
+            f'{NOTOP_WEIGHTS_FILE} for example')
+    if not legacy and not keras_name:
+        raise UserInputError(f"--weights={path}: holds Keras 3's layout, which Keras reads "
+                             'only from a name ending in .weights.h5; rename it')
+
+
+def _check_no_top(path: str, contents: _WeightsFile) -> None:
+    for name, shapes in contents.layers:
+        # Weights of two dimensions are a Dense layer's: the backbone has none.
+        if any(len(shape) == 2 for shape in shapes):
+            raise UserInputError(
+                f"--weights={path}: includes the classification top (layer '{name}', weights "
+                f'{_shapes_text(shapes)}); use the weights without it, {NOTOP_WEIGHTS_FILE}')
+
+
+def _check_layers_match(path: str, contents: _WeightsFile, backbone: keras.Model) -> None:
+    """What Keras checks when loading, said in one line that names the layer."""
+    if not contents.legacy:
+        count = sum(len(shapes) for _, shapes in contents.layers)
+        _check_count(path, count, len(backbone.weights), 'weights')
+        return
+    expected = [(layer.name, [tuple(weight.shape) for weight in
+                              layer.trainable_weights + layer.non_trainable_weights])
+                for layer in backbone.layers if layer.weights]
+    _check_count(path, len(contents.layers), len(expected), 'layers with weights')
+    for number, ((name, shapes), (expected_name, expected_shapes)) in enumerate(
+            zip(contents.layers, expected), start=1):
+        if [tuple(shape) for shape in shapes] != expected_shapes:
+            raise UserInputError(
+                f"--weights={path}: layer '{name}' (number {number} of {len(expected)} with "
+                f"weights) holds {_shapes_text(shapes)}, where ResNet50's '{expected_name}' "
+                f'has {_shapes_text(expected_shapes)}')
+
+
+def _check_count(path: str, count: int, expected: int, what: str) -> None:
+    if count != expected:
+        raise UserInputError(
+            f'--weights={path}: holds {count} {what}, a ResNet50 without its top has {expected}')
+
+
+def _shapes_text(shapes) -> str:
+    """Weight shapes as 7x7x3x64, 64."""
+    return ', '.join('x'.join(map(str, shape)) or 'scalar' for shape in shapes)
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
