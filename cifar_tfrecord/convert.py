@@ -491,7 +491,7 @@ class _StagedWriter:
                 records.publish(os.path.join(output_dir, shard.name))
                 faults.reached('shard_published')
         manifest = records.Manifest(self._config.encoding, splits, provenance)
-        _write_manifest(output_dir, manifest)
+        records.write_manifest(output_dir, manifest)
         faults.reached('manifest_published')
         _remove_unlisted_shards(output_dir, manifest)
         logging.info('Wrote %s: %s', records.manifest_path(output_dir), ', '.join(
@@ -508,17 +508,6 @@ class _StagedWriter:
                 tf.io.gfile.remove(os.path.join(output_dir, name))
         if self._created_dir and not tf.io.gfile.listdir(output_dir):
             tf.io.gfile.rmtree(output_dir)
-
-
-def _write_manifest(output_dir: str, manifest: records.Manifest) -> None:
-    """`records.write_manifest`, with a fault injection point between the
-    write of the temporary file and its rename.
-    """
-    path = records.manifest_path(output_dir)
-    with tf.io.gfile.GFile(path + records.PARTIAL_SUFFIX, 'w') as file:
-        file.write(manifest.to_json())
-    faults.reached('manifest_written')
-    records.publish(path)
 
 
 def _existing_manifest(output_dir: str) -> records.Manifest | None:

@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
+from cifar_tfrecord import faults
 from cifar_tfrecord import files
 from cifar_tfrecord.errors import UserInputError
 
@@ -241,6 +242,7 @@ def write_manifest(records_dir: str, manifest: Manifest) -> None:
     path = manifest_path(records_dir)
     with tf.io.gfile.GFile(path + PARTIAL_SUFFIX, 'w') as file:
         file.write(manifest.to_json())
+    faults.reached('manifest_written')
     publish(path)
 
 
