@@ -193,8 +193,10 @@ class ReseedDropout(keras.callbacks.Callback):
 
 
 def dropout_layers(layer: keras.layers.Layer) -> list[keras.layers.Dropout]:
-    """The Dropout layers of a model, nested models included, in a fixed order."""
-    return _layers_of_type(layer, keras.layers.Dropout)
+    """The Dropout layers of a model that drop anything, nested models included,
+    in a fixed order. (At rate 0 Keras gives a layer no random state.)"""
+    return [dropout for dropout in _layers_of_type(layer, keras.layers.Dropout)
+            if dropout.rate > 0]
 
 
 def _layers_of_type(layer: keras.layers.Layer, layer_type: type) -> list:

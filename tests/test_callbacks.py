@@ -10,7 +10,9 @@ from cifar_tfrecord import run_folder
 
 def _dropout_model(seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
+    # A layer at rate 0 has no random state to reseed (--dropout=0).
     return keras.Sequential([keras.Input((64,)), keras.layers.Dropout(0.5),
+                             keras.layers.Dropout(0.0),
                              keras.Sequential([keras.layers.Dropout(0.5)])])
 
 
