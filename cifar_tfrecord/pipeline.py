@@ -370,6 +370,15 @@ def checked_shard_paths(config: InputConfig, split: str,
     return paths
 
 
+def evaluation_steps(count: int, batch_size: int, input_pipelines: int = 1) -> int:
+    """The steps of one distributed pass over a split of `count` images.
+
+    Each input pipeline reads the whole split (see `_evaluation_batches`),
+    in batches of batch_size / input_pipelines, the last one padded.
+    """
+    return -(-count * input_pipelines // batch_size)
+
+
 def check_batch_divides(batch_size: int, replicas: int) -> None:
     """Refuses a global batch that the replicas cannot share evenly."""
     if batch_size % replicas:

@@ -46,6 +46,8 @@ from cifar_tfrecord.config import TrainConfig
 from cifar_tfrecord.errors import UserInputError
 
 PHASES = ('freeze', 'fine_tune')
+# Suggested when a run would take hours on a machine without an accelerator.
+CPU_RECIPE = 'scripts/recipes/cpu_scratch.flags'
 
 
 def train(config: TrainConfig) -> dict | None:
@@ -89,14 +91,32 @@ def _run_phases(model, config, strategy, state, steps_per_epoch, output_dir) -> 
     """Every epoch not done yet, phase by phase, from the state's backup."""
     restore = state.backup is not None
     service_job = _service_job_prefix(strategy) if config.input.data_service else None
+    estimate = run_time_estimate(config, strategy, steps_per_epoch, state.epochs_done)
     for phase in PHASES:
         first, end = phase_epochs(config, phase)
         if end > max(first, state.epochs_done):
             run_phase(model, config, phase, strategy, max(first, state.epochs_done),
-                      steps_per_epoch, output_dir, state if restore else None, service_job)
-            restore = False
+                      steps_per_epoch, output_dir, state if restore else None, service_job,
+                      estimate)
+            restore, estimate = False, None
     if restore:  # Every epoch was done: the run was killed before its outputs.
         load_backup(model, config.model_dir, state)
+
+
+def run_time_estimate(config: TrainConfig, strategy: tf.distribute.Strategy,
+                      steps_per_epoch: int, epochs_done: int
+                      ) -> run_callbacks.RunTimeEstimate | None:
+    """The chief's estimate of the run's time; with the CPU recipe's command
+    as advice when there is no accelerator."""
+    if not is_chief(strategy):
+        return None
+    advice = None
+    if not (tf.config.list_physical_devices('GPU') or tf.config.list_physical_devices('TPU')):
+        advice = ('Without a GPU, the CPU recipe trains ResNet50 from scratch at 32 px in '
+                  f'minutes: python scripts/train.py --flagfile={CPU_RECIPE} '
+                  f'--records_dir={config.input.records_dir} --model_dir=<a new folder>')
+    epochs_left = phase_epochs(config, 'fine_tune')[1] - epochs_done
+    return run_callbacks.RunTimeEstimate(steps_per_epoch, epochs_left, advice)
 
 
 def phase_epochs(config: TrainConfig, phase: str) -> tuple[int, int]:
@@ -366,12 +386,14 @@ def write_config(config: TrainConfig, output_dir: str, precision: str,
 def run_phase(model: keras.Model, config: TrainConfig, phase: str,
               strategy: tf.distribute.Strategy, first_epoch: int, steps_per_epoch: int,
               output_dir: str, restore: run_callbacks.RunState | None,
-              service_job: str | None) -> None:
+              service_job: str | None,
+              estimate: run_callbacks.RunTimeEstimate | None = None) -> None:
     """One phase, from `first_epoch` to its end, as one `fit` with its own compile.
 
     Writes into output_dir. `restore`: the state of an earlier run to resume
     from, whose backup is loaded; its optimizer state too when it was saved
     in this phase (the other phase's optimizer trains other variables).
+    `estimate`: times the first steps, for the first phase this process runs.
     """
     phase_first, end = phase_epochs(config, phase)
     model_lib.set_backbone_trainable(model, phase == 'fine_tune',
@@ -393,14 +415,20 @@ def run_phase(model: keras.Model, config: TrainConfig, phase: str,
     train_data, _ = pipeline.distribute(
         strategy, config.input, 'train', True, first_epoch=first_epoch,
         steps_per_epoch=steps_per_epoch, service_job=f'{service_job}-{phase}-{first_epoch}')
-    validation_data, _ = pipeline.distribute(strategy, config.input, 'validation', False)
+    validation_data, validation_count = pipeline.distribute(
+        strategy, config.input, 'validation', False)
     with strategy.scope():  # Where fit finds the strategy of several workers.
         model.fit(
+            # shuffle=False: the batches are shuffled already, as Keras
+            # would otherwise warn; validation_steps: its dataset's length.
             train_data, validation_data=validation_data, initial_epoch=first_epoch,
-            epochs=end, steps_per_epoch=steps_per_epoch, verbose='auto',
+            epochs=end, steps_per_epoch=steps_per_epoch, shuffle=False, verbose='auto',
+            validation_steps=pipeline.evaluation_steps(
+                validation_count, config.input.batch_size, _workers(strategy)),
             callbacks=run_callbacks.make_callbacks(
                 output_dir, phase, config.input.batch_size * steps_per_epoch,
-                config.input.seed, chief_dir=config.model_dir))
+                config.input.seed, chief_dir=config.model_dir,
+                total_epochs=phase_epochs(config, 'fine_tune')[1], estimate=estimate))
 
 
 def _prepare_for_several_workers(model: keras.Model) -> None:

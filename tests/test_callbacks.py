@@ -1,7 +1,10 @@
 """Callbacks that make a run exact across replicas and resumes, and run state."""
 
+import re
+
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from cifar_tfrecord import callbacks
@@ -65,3 +68,47 @@ def test_state_round_trips_and_a_new_run_has_none(tmp_path):
     callbacks.write_state(str(tmp_path), state)
     assert callbacks.read_state(str(tmp_path)) == state
     assert sorted(path.name for path in tmp_path.iterdir()) == [run_folder.STATE]
+
+
+def _fit_small(tmp_path, callback_list, epochs=2, steps=8):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(10, activation='softmax')])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss='categorical_crossentropy',
+                  weighted_metrics=[keras.metrics.CategoricalAccuracy(name='accuracy')])
+    features = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    targets = np.eye(10, dtype=np.float32)[np.arange(16) % 10]
+    model.fit(features, targets, batch_size=2, epochs=epochs, steps_per_epoch=steps,
+              validation_data=(features, targets), verbose=0, callbacks=callback_list)
+
+
+def test_each_epoch_ends_with_one_line_of_where_the_run_is(tmp_path, caplog):
+    history = callbacks.HistoryCSV(str(tmp_path), 'fine_tune', images_per_epoch=16,
+                                   total_epochs=5)
+    with caplog.at_level('INFO', logger='absl'):
+        _fit_small(tmp_path, [history])
+    lines = [record.getMessage() for record in caplog.records
+             if record.getMessage().startswith('fine_tune epoch')]
+    assert len(lines) == 2
+    assert re.fullmatch(r'fine_tune epoch 1/5: loss \d+\.\d{4}, accuracy \d\.\d{4}, '
+                        r'val_loss \d+\.\d{4}, val_accuracy \d\.\d{4}, [\d,]+ images/s, '
+                        r'about \d+ s left', lines[0]), lines[0]
+    assert lines[1].startswith('fine_tune epoch 2/5:')
+    assert len(callbacks.read_history(str(tmp_path))) == 2
+
+
+@pytest.mark.parametrize('seconds, said', [(12.4, '12 s'), (600, '10 min'), (12000, '3 h 20 min')])
+def test_durations_read_as_a_person_says_them(seconds, said):
+    assert callbacks.describe_seconds(seconds) == said
+
+
+@pytest.mark.parametrize('advice', [None, 'use the CPU recipe'])
+def test_a_long_run_is_foretold_once_with_advice(tmp_path, caplog, monkeypatch, advice):
+    monkeypatch.setattr(callbacks, '_LONG_RUN_SECONDS', 0)  # Every run is long.
+    estimate = callbacks.RunTimeEstimate(steps_per_epoch=8, epochs_left=12, advice=advice)
+    with caplog.at_level('INFO', logger='absl'):
+        _fit_small(tmp_path, [estimate], epochs=2)
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum(message.startswith('Timed 5 steps: about ') and 'for the 12 epochs' in message
+               for message in messages) == 1
+    warnings = [message for message in messages if 'over an hour' in message]
+    assert warnings == ([] if advice is None else
+                        ['That is over an hour on this machine. use the CPU recipe'])
