@@ -13,6 +13,7 @@ Protocol on the child's stdout, one pickle after another:
 """
 
 import pickle
+import signal
 import subprocess
 import sys
 from typing import BinaryIO, Callable, Iterator
@@ -134,6 +135,9 @@ def _serve(path: str, member: str, output: BinaryIO) -> None:
 
 
 if __name__ == '__main__':
+    # Ctrl-C reaches the whole process group: the converter stops this
+    # process itself, and reports the interruption in one line.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _serve(sys.argv[1], sys.argv[2], sys.stdout.buffer)
         sys.stdout.buffer.flush()

@@ -9,7 +9,8 @@ the n-th time this process reaches `reached(<point>)` it writes one line,
 `fault injection: killed at <point>:<n>`, to stderr and SIGKILLs itself: no
 cleanup, no flush of anything else, as a real kill. `@<worker index>` limits
 it to the worker of that index in TF_CONFIG (a multi-worker job's processes
-share one environment). The points are named where they are reached:
+share one environment). With CIFAR_TFRECORD_KILL_SIGNAL=SIGINT the process
+gets SIGINT instead, as from Ctrl-C. The points are named where they are reached:
 
     shard_written       the converter wrote one shard under its temporary name
     shard_published     the converter renamed one shard into place
@@ -32,6 +33,7 @@ import signal
 import sys
 
 ENVIRONMENT_VARIABLE = 'CIFAR_TFRECORD_KILL_AT'
+SIGNAL_VARIABLE = 'CIFAR_TFRECORD_KILL_SIGNAL'
 KILLED_MESSAGE = 'fault injection: killed at'
 
 _counts = collections.Counter()
@@ -49,7 +51,7 @@ def reached(point: str) -> None:
     if _counts[point] == target[1]:
         sys.stderr.write(f'{KILLED_MESSAGE} {point}:{target[1]}\n')
         sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.Signals[os.environ.get(SIGNAL_VARIABLE, 'SIGKILL')])
 
 
 def enabled() -> bool:
@@ -57,9 +59,11 @@ def enabled() -> bool:
     return bool(os.environ.get(ENVIRONMENT_VARIABLE))
 
 
-def kill_at(point: str, count: int, worker: int | None = None) -> dict[str, str]:
-    """The environment entry that kills at the `count`-th visit of `point`."""
-    return {ENVIRONMENT_VARIABLE: f'{point}:{count}' + ('' if worker is None else f'@{worker}')}
+def kill_at(point: str, count: int, worker: int | None = None,
+            signal_name: str = 'SIGKILL') -> dict[str, str]:
+    """The environment entries that kill at the `count`-th visit of `point`."""
+    return {ENVIRONMENT_VARIABLE: f'{point}:{count}' + ('' if worker is None else f'@{worker}'),
+            SIGNAL_VARIABLE: signal_name}
 
 
 def _parse(spec: str) -> tuple[tuple[str, int], int | None]:

@@ -82,9 +82,13 @@ def train(config: TrainConfig) -> dict | None:
     with strategy.scope():
         model = build(config)
     output_dir = make_output_dir(config, strategy)
-    write_config(config, output_dir, precision, strategy, manifest)
-    _run_phases(model, config, strategy, state, steps_per_epoch, output_dir)
-    return save_and_finish(model, config, strategy, output_dir)
+    try:
+        write_config(config, output_dir, precision, strategy, manifest)
+        _run_phases(model, config, strategy, state, steps_per_epoch, output_dir)
+        return save_and_finish(model, config, strategy, output_dir)
+    except KeyboardInterrupt:
+        run_callbacks.remove_partial_files(output_dir)
+        raise
 
 
 def _run_phases(model, config, strategy, state, steps_per_epoch, output_dir) -> None:

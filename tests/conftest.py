@@ -8,6 +8,7 @@ exactly as it reads Kaggle's download.
 import csv
 import importlib.util
 import os
+import tempfile
 
 import keras
 import pytest
@@ -101,6 +102,22 @@ def read_history(model_dir) -> list[dict]:
     """A run's history.csv, one dict per epoch."""
     with open(os.path.join(model_dir, 'history.csv')) as file:
         return list(csv.DictReader(file))
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _temporary_files_under_pytest(tmp_path_factory):
+    """Everything the tests, and the processes they start, write to a
+    temporary folder lands under pytest's, never in the system's: the
+    sample's folders, TensorFlow's autograph files."""
+    folder = tmp_path_factory.mktemp('temporary')
+    previous = os.environ.get('TMPDIR'), tempfile.tempdir
+    os.environ['TMPDIR'] = tempfile.tempdir = str(folder)
+    yield folder
+    if previous[0] is None:
+        del os.environ['TMPDIR']
+    else:
+        os.environ['TMPDIR'] = previous[0]
+    tempfile.tempdir = previous[1]
 
 
 @pytest.fixture(autouse=True)

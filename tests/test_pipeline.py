@@ -4,6 +4,7 @@ import collections
 import dataclasses
 import os
 import shutil
+import tempfile
 
 import keras
 import numpy as np
@@ -371,3 +372,12 @@ def test_truncated_shard(records_copy):
 def test_bad_configuration(sample_records, overrides, message):
     with pytest.raises(UserInputError, match=message):
         pipeline.make_dataset(_config(sample_records, **overrides), 'train', True)
+
+
+def test_temporary_files_stay_under_pytests_folder(_temporary_files_under_pytest):
+    # tf.data's autograph writes each converted function to a temporary file.
+    dataset = tf.data.Dataset.range(3).map(lambda value: value * 2 if value > 1 else value)
+    assert list(dataset.as_numpy_iterator()) == [0, 1, 4]
+    assert tempfile.gettempdir() == str(_temporary_files_under_pytest)
+    assert any(name.startswith('__autograph_generated_file')
+               for name in os.listdir(_temporary_files_under_pytest))
