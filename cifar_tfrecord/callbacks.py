@@ -51,6 +51,19 @@ def _publish(temporary: str, path: str) -> None:
     tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
+def remove_partial_files(model_dir: str) -> None:
+    """Removes the temporary files of writes an interruption cut short.
+
+    Harmless to a resumed run, which writes its own; removed so that an
+    interrupted run leaves nothing half written behind.
+    """
+    for folder in (model_dir, run_folder.path(model_dir, run_folder.BACKUP)):
+        if tf.io.gfile.isdir(folder):
+            for name in tf.io.gfile.listdir(folder):
+                if _PARTIAL in name:
+                    tf.io.gfile.remove(os.path.join(folder, name))
+
+
 # ----------------------------------------------------------------------------
 # history.csv
 
