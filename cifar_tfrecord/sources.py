@@ -63,11 +63,16 @@ class KaggleLayout:
     def __init__(self, path: str):
         self.path = path
         self._files = _open_container(path)
-        if not self._files.exists(LABELS_CSV):
-            raise UserInputError(f'{path}: {LABELS_CSV} not found beside the images')
         self._extracted = not self._files.exists('train.7z')
         if self._extracted and not self._files.isdir('train'):
-            raise UserInputError(f'{path}: neither train.7z nor a train/ folder found')
+            if isinstance(self._files, _Zip):
+                raise UserInputError(
+                    f'{self._files.path} holds neither train.7z nor train/ with {LABELS_CSV}')
+            raise UserInputError(f'data folder {path} holds neither {COMPETITION_ZIP}, nor '
+                                 f'train.7z, nor train/ with {LABELS_CSV}')
+        if not self._files.exists(LABELS_CSV):
+            images = 'train/' if self._extracted else 'train.7z'
+            raise UserInputError(f'{path}: {LABELS_CSV} not found beside {images}')
 
     def sets(self) -> tuple[str, ...]:
         """Kaggle's sets present here: always 'train', 'test' when it exists."""

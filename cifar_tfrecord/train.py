@@ -262,10 +262,11 @@ def _cpu_has_bfloat16() -> bool:
     return 'avx512_bf16' in flags or 'amx_bf16' in flags
 
 
-def resolve_jit_compile(value: str) -> bool:
-    if value == 'auto':
+def resolve_jit_compile(value: bool | None) -> bool:
+    """--jit_compile: XLA as given, or when unset (auto) on with GPUs."""
+    if value is None:
         return bool(tf.config.list_physical_devices('GPU'))
-    return value == 'true'
+    return value
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -15,50 +15,38 @@ Prints a table and writes --output_json as {"results": [{"name": ...,
 
 import json
 
-from absl import flags
-
 from cifar_tfrecord import benchmark
 from cifar_tfrecord import cli
+from cifar_tfrecord.config import BenchmarkConfig
 
-SUITES = ('convert', 'input', 'train', 'data_service')
-flags.DEFINE_enum('suite', 'convert', SUITES, 'Which measurements to run.')
-flags.DEFINE_string('data_dir', '../shared/data',
-                    'Folder (or zip) with Kaggle\'s cifar-10.zip, for --suite=convert.')
-flags.DEFINE_string('records_dir', 'records', 'Converted records, for every suite but convert.')
-flags.DEFINE_integer('batch_size', 256, 'Global batch size, for every suite but convert.')
-flags.DEFINE_integer('image_size', 32, 'Model input side, for --suite=train.')
-flags.DEFINE_integer('service_workers', 2,
-                     'tf.data service workers started in-process, for --suite=data_service.')
-flags.DEFINE_integer('steps', 10, 'Timed training steps, for --suite=train.')
-flags.DEFINE_integer('repeats', None, 'Runs per measurement; the fastest is kept '
-                     '(default: 1 for convert, 2 for train, 3 for input and data_service).')
-flags.DEFINE_string('output_json', None, 'Where to write the results as JSON.')
-FLAGS = flags.FLAGS
+cli.define_flags(BenchmarkConfig)
 
 
 def main(argv):
-    del argv
-    if FLAGS.suite == 'convert':
-        results = benchmark.convert_suite(FLAGS.data_dir, FLAGS.repeats or 1)
-    elif FLAGS.suite == 'input':
-        results = benchmark.input_suite(FLAGS.records_dir, FLAGS.batch_size, FLAGS.repeats or 3)
-    elif FLAGS.suite == 'data_service':
-        results = benchmark.data_service_suite(FLAGS.records_dir, FLAGS.batch_size,
-                                               FLAGS.repeats or 3, FLAGS.service_workers)
+    cli.no_arguments(argv)
+    config = cli.config_from_flags(BenchmarkConfig).validate()
+    repeats = config.runs_per_measurement()
+    if config.suite == 'convert':
+        results = benchmark.convert_suite(config.data_dir, repeats)
+    elif config.suite == 'input':
+        results = benchmark.input_suite(config.records_dir, config.batch_size, repeats)
+    elif config.suite == 'data_service':
+        results = benchmark.data_service_suite(config.records_dir, config.batch_size, repeats,
+                                               config.service_workers)
     else:
-        results = benchmark.train_suite(FLAGS.records_dir, FLAGS.batch_size, FLAGS.image_size,
-                                        FLAGS.steps, repeats=FLAGS.repeats or 2)
+        results = benchmark.train_suite(config.records_dir, config.batch_size, config.image_size,
+                                        config.steps, repeats=repeats)
     print(f'{"name":<34} {"images/s":>10} {"seconds":>9}  vs baseline')
     for result in results:
         versus = (f'{result.speedup:.2f}x {result.baseline}' if result.baseline else 'baseline')
         print(f'{result.name:<34} {result.images_per_second:>10,.0f} '
               f'{result.seconds:>9.2f}  {versus}')
-    if FLAGS.suite == 'input':
+    if config.suite == 'input':
         _print_input_summary(results)
-    if FLAGS.suite == 'train':
+    if config.suite == 'train':
         _print_train_summary(results)
-    if FLAGS.output_json:
-        with open(FLAGS.output_json, 'w') as file:
+    if config.output_json:
+        with open(config.output_json, 'w') as file:
             json.dump({'results': [result.to_json() for result in results]}, file, indent=2)
 
 

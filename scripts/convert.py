@@ -10,23 +10,18 @@ Writes `--output_dir` (default records/): <split>-NNNNN-of-NNNNN.tfrecord
 shards for train, validation and test, then manifest.json.
 """
 
-from absl import flags
-
 from cifar_tfrecord import cli
 from cifar_tfrecord import convert
 from cifar_tfrecord import records
 from cifar_tfrecord.config import ConvertConfig
 
 cli.define_flags(ConvertConfig)
-flags.DEFINE_boolean('verify', False,
-                     'Only re-read --output_dir against its manifest and report.')
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise flags.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    cli.no_arguments(argv)
     config = cli.config_from_flags(ConvertConfig)
-    if flags.FLAGS.verify:
+    if config.verify:
         counts = records.verify(config.output_dir)
         print(f'{config.output_dir}: verified ' + ', '.join(
             f'{split} {count} records' for split, count in counts.items()))

@@ -13,29 +13,19 @@ than the run trained on are refused; other records of the same classes are
 evaluated with a warning.
 """
 
-from absl import flags
-
 from cifar_tfrecord import cli
 from cifar_tfrecord import evaluate
-from cifar_tfrecord import run_folder
+from cifar_tfrecord.config import EvaluateConfig
 
-flags.DEFINE_string('model_dir', 'runs/resnet50', 'The run folder.')
-flags.DEFINE_string('model', run_folder.MODEL_OF_RECORD, run_folder.MODEL_FLAG_HELP)
-flags.DEFINE_string('records_dir', 'records', 'The records folder.')
-flags.DEFINE_string('split', 'auto', 'A labelled split; auto: test if labelled, else validation.')
-flags.DEFINE_integer('batch_size', 256, 'Images per prediction batch.')
-flags.DEFINE_string('output', None,
-                    'Where to write the metrics; default <model_dir>/metrics-<model>-<split>.json.')
-flags.DEFINE_string('predictions_output', None, (
-    'Where to write the predictions; default <model_dir>/predictions-<model>-<split>.npz.'))
-FLAGS = flags.FLAGS
+cli.define_flags(EvaluateConfig)
 
 
 def main(argv):
-    del argv
+    cli.no_arguments(argv)
+    config = cli.config_from_flags(EvaluateConfig).validate()
     metrics, paths = evaluate.evaluate_model(
-        FLAGS.model_dir, FLAGS.model, FLAGS.records_dir, FLAGS.split, FLAGS.batch_size,
-        FLAGS.output, FLAGS.predictions_output)
+        config.model_dir, config.model, config.records_dir, config.split, config.batch_size,
+        config.output, config.predictions_output)
     print(f'{metrics["model"]} on {metrics["split"]}: accuracy {metrics["accuracy"]:.4f}, '
           f'loss {metrics["loss"]:.4f}; wrote {" and ".join(paths)}')
 

@@ -22,34 +22,18 @@ input writes nothing. Takes about two seconds; TensorFlow is imported only
 for remote folders (gs://).
 """
 
-from absl import flags
-
 from cifar_tfrecord import cli
 from cifar_tfrecord import plots
-from cifar_tfrecord import run_folder
-from cifar_tfrecord.errors import UserInputError
+from cifar_tfrecord.config import PlotConfig
 
-flags.DEFINE_string('model_dir', None, 'The run folder to plot (local or gs://).')
-flags.DEFINE_string('output_dir', None, (
-    'Where to write the PNGs; by default the run figures go into --model_dir and the '
-    'comparison into the first folder of --compare.'))
-flags.DEFINE_list('compare', [], (
-    'Comma-separated run folders whose training and validation curves to overlay in '
-    'compare_loss.png and compare_accuracy.png.'))
-flags.DEFINE_string('model', run_folder.MODEL_OF_RECORD, run_folder.MODEL_FLAG_HELP)
-flags.DEFINE_string('split', None, (
-    "The split the model's figures show; default: the trainer's (the split of metrics.json)."))
-FLAGS = flags.FLAGS
+cli.define_flags(PlotConfig)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise flags.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-    if not FLAGS.model_dir and not FLAGS.compare:
-        raise UserInputError('nothing to plot: give --model_dir=RUN_FOLDER or '
-                             '--compare=RUN_FOLDER,RUN_FOLDER')
-    for path in plots.write_plots(FLAGS.model_dir, FLAGS.compare, FLAGS.output_dir,
-                                  FLAGS.model, FLAGS.split):
+    cli.no_arguments(argv)
+    config = cli.config_from_flags(PlotConfig).validate()
+    for path in plots.write_plots(config.model_dir, list(config.compare), config.output_dir,
+                                  config.model, config.split):
         print(path)
 
 

@@ -16,8 +16,6 @@ With TF_CONFIG set it is one worker of a multi-worker job (only the chief
 writes --model_dir); scripts/launch_local.py starts such a job on one machine.
 """
 
-from absl import flags
-
 from cifar_tfrecord import cli
 from cifar_tfrecord import train
 from cifar_tfrecord.config import TrainConfig
@@ -26,8 +24,7 @@ cli.define_flags(TrainConfig)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise flags.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    cli.no_arguments(argv)
     metrics = train.train(cli.config_from_flags(TrainConfig))
     if metrics is None:
         print('worker done: the chief wrote the outputs')

@@ -128,6 +128,34 @@ def test_empty_data_folder(tmp_path):
         sources.KaggleLayout(str(tmp_path))
 
 
+def test_a_data_folder_without_cifar_says_what_it_lacks(tmp_path):
+    (tmp_path / 'notes.txt').write_text('not CIFAR-10')
+    with pytest.raises(UserInputError) as error:
+        sources.KaggleLayout(str(tmp_path))
+    assert str(error.value) == (f'data folder {tmp_path} holds neither cifar-10.zip, nor '
+                                'train.7z, nor train/ with trainLabels.csv')
+
+
+def test_a_zip_without_cifar_says_what_it_lacks(tmp_path):
+    with zipfile.ZipFile(tmp_path / 'cifar-10.zip', 'w') as archive:
+        archive.writestr('notes.txt', 'not CIFAR-10')
+    with pytest.raises(UserInputError) as error:
+        sources.KaggleLayout(str(tmp_path))
+    assert str(error.value) == (f'{tmp_path / "cifar-10.zip"} holds neither train.7z nor train/ '
+                                'with trainLabels.csv')
+
+
+@pytest.mark.parametrize('images', ['train.7z', 'train/'])
+def test_images_without_labels_are_named(tmp_path, images):
+    if images == 'train/':
+        (tmp_path / 'train').mkdir()
+    else:
+        (tmp_path / images).write_bytes(b'')
+    with pytest.raises(UserInputError) as error:
+        sources.KaggleLayout(str(tmp_path))
+    assert str(error.value) == f'{tmp_path}: trainLabels.csv not found beside {images}'
+
+
 def test_corrupt_7z_is_named(tmp_path):
     (tmp_path / 'train.7z').write_bytes(b'7z\xbc\xaf\x27\x1c' + b'\x00' * 100)
     (tmp_path / sources.LABELS_CSV).write_text('id,label\n1,cat\n')
