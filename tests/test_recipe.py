@@ -183,7 +183,7 @@ def test_xla_trains_both_phases_as_without_it(backbone_weights):
     reference.set_weights(compiled.get_weights())
     before = _values(reference.weights)
     for phase in train.PHASES:
-        for model, jit_compile in ((compiled, train.resolve_jit_compile('true')),
+        for model, jit_compile in ((compiled, train.resolve_jit_compile(True)),
                                    (reference, False)):
             model_lib.set_backbone_trainable(model, phase == 'fine_tune', pretrained=True)
             train.compile_model(model, config, phase, steps_per_epoch=1, epochs=1,
