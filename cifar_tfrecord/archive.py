@@ -21,6 +21,7 @@ from typing import BinaryIO, Callable, Iterator
 import py7zr
 import py7zr.io
 
+from cifar_tfrecord import faults
 from cifar_tfrecord import files
 
 # Files travel in batches: one pickle per file would cost more than the file.
@@ -45,6 +46,7 @@ def stream(path: str, member: str | None, location: str,
             if kind == 'names':
                 check_names(payload)
             elif kind == 'files':
+                faults.reached('archive_batch')
                 yield from payload
             elif kind == 'error':
                 raise ArchiveError(f'{location}: {payload}')

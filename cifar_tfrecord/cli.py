@@ -20,7 +20,10 @@ from absl import logging
 
 from cifar_tfrecord import config as config_lib
 from cifar_tfrecord import startup
-from cifar_tfrecord.errors import UserInputError
+from cifar_tfrecord.errors import Interrupted, UserInputError
+
+# The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED_STATUS = 130
 
 # The flags `define_flags` defines belong to the script that calls it (absl
 # would otherwise file them under this module, and show none in a script's
@@ -247,11 +250,15 @@ def no_arguments(argv: list[str]) -> None:
                              '(flags are written --name=value)')
 
 
-def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
+def run(main: Callable[[list[str]], None], argv: list[str] | None = None,
+        interrupted: str = 'nothing was written') -> None:
     """`app.run(main)`, with bad input reported as one line and exit status 1,
-    and `--help` listing the script's flags.
+    Ctrl-C as one line and exit status 130, and `--help` listing the script's
+    flags.
 
     `argv` (default: sys.argv) is the command line `command_line` returns.
+    `interrupted` says what Ctrl-C leaves, unless the work says it itself
+    (`errors.Interrupted`).
     """
     global _command_line
     _command_line = list(argv if argv is not None else sys.argv)
@@ -263,6 +270,10 @@ def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> Non
             main(argv)
         except UserInputError as error:
             _fail(str(error))
+        except Interrupted as error:
+            _fail(f'interrupted: {error}', INTERRUPTED_STATUS, prefix='')
+        except KeyboardInterrupt:
+            _fail(f'interrupted: {interrupted}', INTERRUPTED_STATUS, prefix='')
 
     app.run(guarded_main, argv=argv, flags_parser=_parse_flags)
 
@@ -283,7 +294,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _fail('; '.join(str(error).splitlines()))
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, status: int = 1, prefix: str = 'error: ') -> None:
     logging.flush()
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(1)
+    print(f'{prefix}{message}', file=sys.stderr)
+    sys.exit(status)

@@ -1,4 +1,4 @@
-"""The one exception type for bad input from the user."""
+"""The exceptions a script reports to its user in one line."""
 
 
 class UserInputError(Exception):
@@ -6,4 +6,12 @@ class UserInputError(Exception):
 
     Scripts print the message as a single line and exit non-zero, so the
     message always names the offending file, id or value.
+    """
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped the work; the message says what was kept.
+
+    Scripts print it as one line and exit with status 130, as a shell does
+    for a command stopped by SIGINT.
     """

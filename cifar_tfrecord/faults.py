@@ -9,8 +9,9 @@ the n-th time this process reaches `reached(<point>)` it writes one line,
 `fault injection: killed at <point>:<n>`, to stderr and SIGKILLs itself: no
 cleanup, no flush of anything else, as a real kill. `@<worker index>` limits
 it to the worker of that index in TF_CONFIG (a multi-worker job's processes
-share one environment). With CIFAR_TFRECORD_KILL_SIGNAL=SIGINT the process
-gets SIGINT instead, as from Ctrl-C. The points are named where they are reached:
+share one environment). With CIFAR_TFRECORD_KILL_SIGNAL=SIGINT its process
+group gets SIGINT instead, as from Ctrl-C in a terminal (start the process in
+a session of its own). The points are named where they are reached:
 
     shard_written       the converter wrote one shard under its temporary name
     shard_published     the converter renamed one shard into place
@@ -18,6 +19,7 @@ gets SIGINT instead, as from Ctrl-C. The points are named where they are reached
                         yet renamed
     manifest_published  the converter's manifest is in place; shards it does
                         not list are not yet removed
+    archive_batch       the converter received a batch of files from its 7z process
     train_step          a training step ended (counted over the whole process)
     backup_written      an epoch's backup is in place; state.json does not name it yet
     epoch_saved         state.json names the epoch's backup; the next epoch has not begun
@@ -51,7 +53,11 @@ def reached(point: str) -> None:
     if _counts[point] == target[1]:
         sys.stderr.write(f'{KILLED_MESSAGE} {point}:{target[1]}\n')
         sys.stderr.flush()
-        os.kill(os.getpid(), signal.Signals[os.environ.get(SIGNAL_VARIABLE, 'SIGKILL')])
+        number = signal.Signals[os.environ.get(SIGNAL_VARIABLE, 'SIGKILL')]
+        if number == signal.SIGINT:
+            os.killpg(os.getpgrp(), number)
+        else:
+            os.kill(os.getpid(), number)
 
 
 def enabled() -> bool:

@@ -30,6 +30,7 @@ class LaunchResult:
     """How each worker ended; `failed` is the first worker seen to fail."""
     statuses: tuple[int, ...]
     failed: int | None
+    interrupted: bool = False  # The launcher got SIGINT (Ctrl-C) and passed it on.
 
     @property
     def succeeded(self) -> bool:
@@ -85,13 +86,14 @@ def launch(config: LaunchConfig, command: list[str]) -> LaunchResult:
                for index, worker in enumerate(workers)]
     for reader in readers:
         reader.start()
-    with _forwarding_signals(workers):
+    with _forwarding_signals(workers) as received:
         failed = _wait(workers)
         if failed is not None:
             _stop(workers, config.stop_seconds)
     for reader in readers:
         reader.join()
-    return LaunchResult(tuple(worker.returncode for worker in workers), failed)
+    return LaunchResult(tuple(worker.returncode for worker in workers), failed,
+                        interrupted=signal.SIGINT in received)
 
 
 def _start(command: list[str], addresses: list[str], index: int) -> subprocess.Popen:
@@ -142,10 +144,14 @@ def _forwarding_signals(workers: list[subprocess.Popen]):
     """Within the block, SIGINT and SIGTERM to the launcher go to the workers.
 
     The workers then fail, and the launcher stops the rest and reports it.
+    Yields the list of the signals received.
     Handlers can only be set from the main thread; elsewhere this does nothing.
     """
 
+    received = []
+
     def forward(number, frame):
+        received.append(number)
         for worker in workers:
             if worker.poll() is None:
                 worker.send_signal(number)
@@ -155,7 +161,7 @@ def _forwarding_signals(workers: list[subprocess.Popen]):
         for number in _FORWARDED_SIGNALS:
             previous[number] = signal.signal(number, forward)
     try:
-        yield
+        yield received
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

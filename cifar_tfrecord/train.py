@@ -43,7 +43,7 @@ from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
 from cifar_tfrecord import run_folder
 from cifar_tfrecord.config import TrainConfig
-from cifar_tfrecord.errors import UserInputError
+from cifar_tfrecord.errors import Interrupted, UserInputError
 
 PHASES = ('freeze', 'fine_tune')
 # Suggested when a run would take hours on a machine without an accelerator.
@@ -88,7 +88,10 @@ def train(config: TrainConfig) -> dict | None:
         return save_and_finish(model, config, strategy, output_dir)
     except KeyboardInterrupt:
         run_callbacks.remove_partial_files(output_dir)
-        raise
+        done = run_callbacks.read_state(config.model_dir).epochs_done
+        kept = (f'{config.model_dir} keeps its {done} finished epochs' if done
+                else 'no epoch had finished')
+        raise Interrupted(f'{kept}; rerun the same command to resume') from None
 
 
 def _run_phases(model, config, strategy, state, steps_per_epoch, output_dir) -> None:

@@ -33,4 +33,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    cli.run(main)
+    cli.run(main, interrupted=(
+        'nothing was written, and records already there are as they were; rerun the same '
+        'command to convert'))

@@ -19,7 +19,7 @@ import sys
 from cifar_tfrecord import cli
 from cifar_tfrecord import launch
 from cifar_tfrecord.config import LaunchConfig
-from cifar_tfrecord.errors import UserInputError
+from cifar_tfrecord.errors import Interrupted, UserInputError
 
 cli.define_flags(LaunchConfig)
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
@@ -32,6 +32,9 @@ def main(argv):
                              'launch_local.py --num_workers=2 -- --records_dir=records ...')
     config = cli.config_from_flags(LaunchConfig).validate()
     result = launch.launch(config, [sys.executable, TRAIN_SCRIPT, *train_arguments])
+    if result.interrupted:
+        raise Interrupted('the workers stopped, each keeping the finished epochs; rerun the '
+                          'same command to resume')
     if not result.succeeded:
         status = launch.describe_status(result.statuses[result.failed])
         # A failed run, not bad input; reported the same way, in one line.

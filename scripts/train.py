@@ -34,4 +34,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    # What Ctrl-C keeps is said by train.train, which knows the epochs done.
     cli.run(main)

@@ -575,3 +575,24 @@ def test_killed_conversions_leave_only_whole_records_and_a_rerun_completes(tmp_p
     assert manifest.provenance['options']['seed'] == 1
     listed = {shard.name for split in manifest.splits.values() for shard in split.shards}
     assert set(os.listdir(output_dir)) == listed | {records.MANIFEST_NAME}
+
+
+def test_ctrl_c_while_decompressing_prints_one_line_and_keeps_the_records(kaggle_zip, tmp_path):
+    output_dir = tmp_path / 'records'
+    assert run_script('convert', '--source=dir', f'--data_dir={kaggle_zip}',
+                      f'--output_dir={output_dir}', '--num_shards=2') == 0
+    before = {path.name: path.read_bytes() for path in output_dir.iterdir()}
+    # Ctrl-C reaches the converter and its 7z process alike, as in a terminal.
+    interrupted = subprocess.run(
+        [sys.executable, os.path.join(REPOSITORY, 'scripts', 'convert.py'), '--source=dir',
+         f'--data_dir={kaggle_zip}', f'--output_dir={output_dir}', '--num_shards=3',
+         '--overwrite'],
+        capture_output=True, text=True, start_new_session=True,
+        env=dict(os.environ, **faults.kill_at('archive_batch', 1, signal_name='SIGINT')))
+    assert interrupted.returncode == 130, interrupted.stderr[-2000:]
+    lines = interrupted.stderr.splitlines()
+    assert lines[-2:] == [f'{faults.KILLED_MESSAGE} archive_batch:1',
+                          'interrupted: nothing was written, and records already there are as '
+                          'they were; rerun the same command to convert']
+    assert 'Traceback' not in interrupted.stderr + interrupted.stdout
+    assert {path.name: path.read_bytes() for path in output_dir.iterdir()} == before

@@ -52,10 +52,11 @@ _LAUNCH_SLEEPERS = (
     'from cifar_tfrecord.config import LaunchConfig\n'
     'sleeper = "import time; print(\'ready\', flush=True); time.sleep(600)"\n'
     'result = launch.launch(LaunchConfig(num_workers=2), [sys.executable, "-c", sleeper])\n'
-    'print("statuses", *result.statuses)\n')
+    'print("statuses", *result.statuses, "interrupted", result.interrupted)\n')
 
 
-def test_a_signal_to_the_launcher_reaches_every_worker():
+@pytest.mark.parametrize('number', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_launcher_reaches_every_worker(number):
     launcher = subprocess.Popen([sys.executable, '-c', _LAUNCH_SLEEPERS],
                                 stdout=subprocess.PIPE, text=True)
     ready = 0
@@ -63,9 +64,11 @@ def test_a_signal_to_the_launcher_reaches_every_worker():
         line = launcher.stdout.readline()
         assert line, 'the launcher ended early'
         ready += line.endswith('] ready\n')
-    launcher.send_signal(signal.SIGTERM)
+    launcher.send_signal(number)
     output, _ = launcher.communicate(timeout=60)
-    assert f'statuses -{signal.SIGTERM.value} -{signal.SIGTERM.value}' in output
+    # Ctrl-C is told apart: launch_local.py then says the job was interrupted.
+    assert (f'statuses -{number.value} -{number.value} interrupted '
+            f'{number == signal.SIGINT}') in output
 
 
 @pytest.mark.parametrize('arguments, message', [

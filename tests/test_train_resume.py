@@ -39,7 +39,8 @@ def backbone_weights(tmp_path_factory):
 
 
 def _train(model_dir, flags, kill_at=None):
-    """scripts/train.py in a process of its own, killed where `kill_at` says."""
+    """scripts/train.py in a process (and session) of its own, killed where
+    `kill_at` says: faults.kill_at's arguments."""
     environment = dict(os.environ)
     environment.pop(faults.ENVIRONMENT_VARIABLE, None)
     if kill_at:
@@ -47,7 +48,7 @@ def _train(model_dir, flags, kill_at=None):
     return subprocess.run(
         [sys.executable, os.path.join(REPOSITORY, 'scripts', 'train.py'),
          f'--model_dir={model_dir}', *flags],
-        capture_output=True, text=True, env=environment)
+        capture_output=True, text=True, env=environment, start_new_session=True)
 
 
 def _killed(model_dir, flags, point, count):
@@ -118,8 +119,14 @@ def test_from_scratch_in_bfloat16_with_a_file_cache_resumes_exactly(sample_recor
 
     run = tmp_path / 'run'
     _killed(run, flags, 'train_step', 3)       # Mid-epoch 2, with the file cache half written.
-    result = _killed(run, flags, 'epoch_saved', 1)   # Right after epoch 2.
+    # Ctrl-C right after epoch 2: one line says what is kept, nothing half written.
+    result = _train(run, flags, ('epoch_saved', 1, None, 'SIGINT'))
+    assert result.returncode == 130, result.stderr[-3000:]
     assert 'Resuming after epoch 1' in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f'interrupted: {run} keeps its 2 finished epochs; rerun the same command to resume')
+    assert 'Traceback' not in result.stderr + result.stdout
+    assert not [path for path in run.rglob('*') if '.partial' in path.name]
     result = _completed(run, flags)
     assert 'Resuming after epoch 2' in result.stderr
     _assert_same_run(run, tmp_path / 'reference')
