@@ -33,9 +33,19 @@ def write_text_atomically(path: str, text: str) -> None:
 
 
 def save_model_atomically(model: keras.Model, path: str) -> None:
+    """The model for inference: its architecture and weights, no optimizer.
+
+    Keras saves a compiled model's optimizer variables with it, twice the
+    weights again for AdamW; resuming reads its own backup instead. A new
+    Functional model of the same layers is not compiled, so it saves the
+    weights alone (it shares them: nothing is copied).
+    """
     # Keras insists on the .keras ending, so the temporary name keeps it.
     temporary = path[:-len('.keras')] + _PARTIAL + '.keras'
-    model.save(temporary)
+    # `input` and `output`, not the lists `inputs` and `outputs`: the model
+    # saved takes what the trained one takes, a tensor (a SavedModel exported
+    # from a list would ask for a list).
+    keras.Model(model.input, model.output, name=model.name).save(temporary)
     _publish(temporary, path)
 
 

@@ -7,6 +7,7 @@ trainer writes metrics.json and predictions.npz, always of final.keras.
 """
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -16,8 +17,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from PIL import Image
+from PIL import ImageOps
+from PIL import UnidentifiedImageError
 
 from cifar_tfrecord import files
+from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
 from cifar_tfrecord import run_folder
@@ -270,6 +275,188 @@ def predict_submission(model_dir: str, model: str, records_dir: str, output: str
 
 
 # ----------------------------------------------------------------------------
+# Your own images.
+
+IMAGE_FORMATS = ('PNG', 'JPEG')
+# The files a folder given to --images contributes; named files and glob
+# matches are read whatever their names.
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
+# What shows through transparent pixels: white, as on most pages and viewers.
+BACKGROUND = (255, 255, 255)
+TOP_CLASSES = 3
+IMAGES_COLUMNS = ('file', *(f'{column}_{rank}' for rank in range(1, TOP_CLASSES + 1)
+                            for column in ('class', 'probability')), 'error')
+
+
+class UnreadableImageError(UserInputError):
+    """An image file that cannot be classified, and why."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f'{path}: {reason}')
+        self.reason = reason
+
+
+def load_image_for_model(path: str) -> np.ndarray:
+    """A PNG or JPEG file as the models take it: uint8 RGB, 32x32x3.
+
+    Feed the SavedModel what this returns (stacked into a batch). Any size
+    and mode: EXIF orientation applied; 16-bit values scaled to 8 bits;
+    transparency composited over white; palette, grayscale and CMYK to RGB.
+    Then the whole image, stretched to a square (nothing cut off), is resized
+    with PIL's `Image.resize((32, 32), Image.Resampling.LANCZOS)`: PIL widens
+    the filter by the reduction factor, so every pixel of a large photo
+    counts (antialiasing), and Lanczos keeps edges sharper than a box or
+    bilinear filter does, on the way down and the way up.
+
+    Raises:
+        UnreadableImageError: a missing file, or one that is not a whole PNG
+            or JPEG image.
+    """
+    if not tf.io.gfile.exists(path):
+        raise UnreadableImageError(path, 'no such file')
+    if tf.io.gfile.isdir(path):
+        raise UnreadableImageError(path, 'is a folder')
+    with tf.io.gfile.GFile(path, 'rb') as file:
+        data = file.read()
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+            image.load()
+            image = _to_rgb(image)
+    except UnidentifiedImageError as error:
+        raise UnreadableImageError(path, 'not a PNG or JPEG image') from error
+    except Exception as error:  # PIL's decoders fail in many ways: OSError, SyntaxError ...
+        first_line = str(error).strip().split('\n', 1)[0]
+        raise UnreadableImageError(
+            path, f'unreadable image data ({type(error).__name__}: {first_line})') from error
+    height, width, _ = records.IMAGE_SHAPE
+    return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith('I'):
+        # 16-bit grayscale: PIL's own conversion would clip at 255, not scale.
+        values = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
+    if image.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or 'transparency' in image.info:
+        image = image.convert('RGBA')
+        background = Image.new('RGBA', image.size, (*BACKGROUND, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert('RGB')
+
+
+def list_images(patterns: list[str]) -> list[str]:
+    """The image files that --images names: files, folders, or globs.
+
+    A folder gives its PNG and JPEG files (by name, not its subfolders); a
+    glob, the files it matches. A named file is kept even when missing, to
+    be reported with the others. Each file once, in the order given, the
+    files of a folder or glob sorted.
+
+    Raises:
+        UserInputError: a glob that matches no file, or a folder without
+            images; nothing can be classified from them.
+    """
+    paths = []
+    for pattern in patterns:
+        if any(character in pattern for character in '*?['):
+            matches = [match for match in sorted(tf.io.gfile.glob(pattern))
+                       if not tf.io.gfile.isdir(match)]
+            if not matches:
+                raise UserInputError(f'--images={pattern}: no file matches')
+        elif tf.io.gfile.isdir(pattern):
+            matches = [os.path.join(pattern, name)
+                       for name in sorted(tf.io.gfile.listdir(pattern))
+                       if name.lower().endswith(IMAGE_SUFFIXES)]
+            if not matches:
+                raise UserInputError(f'--images={pattern}: a folder without PNG or JPEG files')
+        else:
+            matches = [pattern]
+        paths.extend(match for match in matches if match not in paths)
+    return paths
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePrediction:
+    """One file's top classes, most probable first; or why it has none."""
+    file: str
+    top: tuple[tuple[str, float], ...] = ()
+    error: str | None = None
+
+
+def classify_images(serving: keras.Model, paths: list[str],
+                    batch_size: int = 256) -> list[ImagePrediction]:
+    """Each file's top classes, in the order of `paths`; unreadable files say why."""
+    images, errors = {}, {}
+    for path in paths:
+        try:
+            images[path] = load_image_for_model(path)
+        except UnreadableImageError as error:
+            errors[path] = error.reason
+    probabilities = {}
+    if images:
+        batch = np.stack(list(images.values()))
+        probabilities = dict(zip(images, serving.predict(batch, batch_size=batch_size,
+                                                         verbose=0)))
+    return [ImagePrediction(path, top=_top_classes(probabilities[path]))
+            if path in probabilities else ImagePrediction(path, error=errors[path])
+            for path in paths]
+
+
+def _top_classes(probabilities: np.ndarray) -> tuple[tuple[str, float], ...]:
+    order = np.argsort(-probabilities, kind='stable')[:TOP_CLASSES]
+    return tuple((records.CLASS_NAMES[index], float(probabilities[index])) for index in order)
+
+
+def write_image_predictions(path: str, predictions: list[ImagePrediction]) -> None:
+    """The CSV of IMAGES_COLUMNS: a row per file, its error empty when classified."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator='\n')
+    writer.writerow(IMAGES_COLUMNS)
+    for prediction in predictions:
+        cells = [cell for name, probability in prediction.top
+                 for cell in (name, f'{probability:.6f}')]
+        cells += [''] * (2 * TOP_CLASSES - len(cells))
+        writer.writerow([prediction.file, *cells, prediction.error or ''])
+    _make_parent_folder(path)
+    write_text_atomically(path, buffer.getvalue())
+
+
+def format_image_table(predictions: list[ImagePrediction]) -> str:
+    """The predictions as a console table: file, then each top class with its probability."""
+    width = max(len('file'), *(len(prediction.file) for prediction in predictions))
+    lines = ['  '.join(['file'.ljust(width), *(f'top {rank}'.ljust(16)
+                                                for rank in range(1, TOP_CLASSES + 1))]).rstrip()]
+    for prediction in predictions:
+        cells = ([f'{name} {probability:.3f}'.ljust(16) for name, probability in prediction.top]
+                 if prediction.error is None else [f'error: {prediction.error}'])
+        lines.append('  '.join([prediction.file.ljust(width), *cells]).rstrip())
+    return '\n'.join(lines)
+
+
+def predict_images(model_dir: str, model: str, images: list[str], output: str | None = None,
+                   batch_size: int = 256) -> tuple[str, list[ImagePrediction]]:
+    """Classifies image files with a model of a run and writes the CSV.
+
+    Args:
+        model_dir: the run folder.
+        model: 'final' (the run's model), 'best', or a path to a .keras file.
+        images: files, folders or globs (`list_images`).
+        output: the CSV to write; by default `run_folder.images_predictions`.
+
+    Returns:
+        The path written, and each file's prediction or error. Nothing is
+        written when a glob matches nothing or the model is missing.
+    """
+    model_path = resolve_model(model_dir, model)
+    paths = list_images(images)
+    output = output or run_folder.images_predictions(model_dir, model_path)
+    predictions = classify_images(load_serving_model(model_path), paths, batch_size)
+    write_image_predictions(output, predictions)
+    return output, predictions
+
+
+# ----------------------------------------------------------------------------
 # Loading a saved model.
 
 
@@ -279,7 +466,6 @@ def load_serving_model(model_path: str) -> keras.Model:
     Models trained with host-side preprocessing get the same preprocessing
     back from the run's config.json beside them.
     """
-    from cifar_tfrecord import model as model_lib  # Registers Preprocessing.
     if not tf.io.gfile.exists(model_path):
         raise UserInputError(f'model {model_path} not found')
     model = keras.saving.load_model(model_path, safe_mode=True)

@@ -3,10 +3,12 @@
 The model takes a tensor of images and knows nothing of the input pipeline.
 The one file it reads is a backbone weights file (Keras 2's layout, as Keras
 downloads it, or Keras 3's .weights.h5), checked here first so that a wrong
-one is refused in one line saying what is wrong. Every layer is a real Keras
-layer (no Lambda), so saved models load with `safe_mode=True`.
+one is refused in one line saying what is wrong. Every layer is one of
+Keras' own (no Lambda, no class of this package), so a saved model loads with
+`safe_mode=True` in any Python that has Keras.
 
-    uint8 32x32 images -> Preprocessing (caffe normalization, upsampling)
+    uint8 32x32 images -> preprocessing (caffe normalization, upsampling;
+       Keras' own layers, see build_preprocessing)
     -> ResNet50 backbone (pretrained, its BatchNorm layers stay frozen, so
        in inference mode, in both phases; from scratch they train as usual)
     -> global average pooling -> Dense -> BatchNorm -> ReLU -> Dropout
@@ -18,6 +20,7 @@ import os
 
 import h5py
 import keras
+import numpy as np
 
 from cifar_tfrecord.errors import UserInputError
 
@@ -28,44 +31,64 @@ BACKBONE_NAME = 'resnet50'
 NOTOP_WEIGHTS_FILE = 'resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5'
 
 
-@keras.saving.register_keras_serializable(package='cifar_tfrecord')
-class Preprocessing(keras.layers.Layer):
-    """uint8 images to the backbone's input: normalized, then upsampled.
+# ImageNet's mean colour, which `keras.applications.resnet50.preprocess_input`
+# subtracts from BGR images in caffe mode, in the same BGR order.
+IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 
-    Running here puts the work on the accelerator, and lets the exported
-    model take raw images. Computed in float32: the ImageNet mean subtraction
-    loses too much in bfloat16.
+
+def build_preprocessing(normalization: str = 'caffe', image_size: int = 224,
+                        upsample_method: str = 'bilinear') -> keras.Sequential:
+    """uint8 32x32 images to the backbone's input: normalized, then upsampled.
+
+    The same computation as `pipeline.normalize` then `pipeline.upsample` on
+    the host. Running in the model puts the work on the accelerator, and lets
+    the exported model take raw images. Only Keras' own layers, no class of
+    this package, so a saved model loads in any Python that has Keras. All
+    float32, even under mixed precision: the ImageNet mean subtraction loses
+    too much in bfloat16. Nothing here trains.
     """
+    layers = [keras.Input((INPUT_SIZE, INPUT_SIZE, 3), dtype='uint8'),
+              *_normalization_layers(normalization)]
+    if image_size != INPUT_SIZE:
+        layers.append(_upsampling_layer(image_size, upsample_method))
+    return keras.Sequential(layers, name='preprocessing')
 
-    def __init__(self, normalization: str = 'caffe', image_size: int = 224,
-                 upsample_method: str = 'bilinear', **kwargs):
-        kwargs['dtype'] = 'float32'
-        super().__init__(**kwargs)
-        self.normalization = normalization
-        self.image_size = image_size
-        self.upsample_method = upsample_method
 
-    def call(self, images):
-        images = keras.ops.cast(images, 'float32')
-        if self.normalization == 'caffe':
-            images = keras.applications.resnet50.preprocess_input(images)
-        else:
-            images = images / 255.0
-        if self.image_size == images.shape[1]:
-            return images
-        if self.upsample_method == 'repeat':
-            factor = self.image_size // images.shape[1]
-            images = keras.ops.repeat(images, factor, axis=1)
-            return keras.ops.repeat(images, factor, axis=2)
-        return keras.ops.image.resize(
-            images, (self.image_size, self.image_size), interpolation='bilinear')
+def _normalization_layers(normalization: str) -> list[keras.layers.Layer]:
+    if normalization == 'unit':
+        # x / sqrt(variance) divides by 255 exactly, as the host does;
+        # Rescaling(1 / 255) would multiply, one ulp off for half the values.
+        return [keras.layers.Normalization(axis=None, mean=0.0, variance=255.0**2,
+                                           dtype='float32', name='unit_normalization')]
+    # Rescaling by 1 only casts uint8 to float32, which a convolution needs.
+    return [keras.layers.Rescaling(1.0, dtype='float32', name='to_float32'),
+            _caffe_normalization()]
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.image_size, self.image_size, input_shape[-1])
 
-    def get_config(self):
-        return {**super().get_config(), 'normalization': self.normalization,
-                'image_size': self.image_size, 'upsample_method': self.upsample_method}
+def _caffe_normalization() -> keras.layers.Conv2D:
+    """RGB to BGR, minus ImageNet's mean: `preprocess_input` in caffe mode.
+
+    A 1x1 convolution whose kernel swaps the first and last channels and
+    whose bias is minus the mean. It swaps the integer pixel values, which
+    stay exact even where a GPU multiplies in TensorFloat-32; the mean is
+    then added in float32, as Keras' function adds it.
+    """
+    layer = keras.layers.Conv2D(3, 1, trainable=False, dtype='float32',
+                                name='caffe_normalization')
+    layer.build((None, INPUT_SIZE, INPUT_SIZE, 3))
+    # kernel[0, 0, input channel, output channel]: output c is input 2 - c.
+    swap = np.eye(3, dtype=np.float32)[::-1].reshape(1, 1, 3, 3)
+    layer.set_weights([swap, -np.array(IMAGENET_MEAN_BGR, dtype=np.float32)])
+    return layer
+
+
+def _upsampling_layer(image_size: int, upsample_method: str) -> keras.layers.Layer:
+    if upsample_method == 'repeat':
+        # Nearest-neighbour by a whole factor repeats each pixel, as the host's tf.repeat.
+        return keras.layers.UpSampling2D(image_size // INPUT_SIZE, interpolation='nearest',
+                                         dtype='float32', name='repeat')
+    return keras.layers.Resizing(image_size, image_size, interpolation='bilinear',
+                                 dtype='float32', name='bilinear')
 
 
 def build_model(weights: str, image_size: int, preprocess: bool, normalization: str = 'caffe',
@@ -86,8 +109,7 @@ def build_model(weights: str, image_size: int, preprocess: bool, normalization: 
     """
     if preprocess:
         inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), dtype='uint8', name='images')
-        features = Preprocessing(normalization, image_size, upsample_method,
-                                 name='preprocessing')(inputs)
+        features = build_preprocessing(normalization, image_size, upsample_method)(inputs)
     else:
         inputs = keras.Input((image_size, image_size, 3), dtype='float32', name='images')
         features = inputs
@@ -325,5 +347,5 @@ def with_preprocessing(model: keras.Model, normalization: str, upsample_method: 
         return model
     inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), dtype='uint8', name='images')
     image_size = model.inputs[0].shape[1]
-    outputs = model(Preprocessing(normalization, image_size, upsample_method)(inputs))
+    outputs = model(build_preprocessing(normalization, image_size, upsample_method)(inputs))
     return keras.Model(inputs, outputs, name=f'{model.name}_serving')

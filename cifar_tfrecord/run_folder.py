@@ -17,6 +17,7 @@
     metrics-<model>-<split>.json    written by scripts/evaluate.py, with
     predictions-<model>-<split>.npz its predictions, for plots
     submission-<model>.csv          written by scripts/predict.py
+    image-predictions-<model>.csv   written by scripts/predict.py --images
     .worker-N/         a worker's private folder in a multi-worker job
 
 The run's model is final.keras: the trainer evaluates and exports it, and
@@ -51,7 +52,8 @@ MODEL_OF_RECORD = 'final'
 _RUN_FILES = (CONFIG, HISTORY, LOGS, STATE, BACKUP, BEST_MODEL, BEST_RECORD, FINAL_MODEL,
               SAVED_MODEL, METRICS, PREDICTIONS)
 _RUN_FILE_PATTERN = re.compile(
-    r'(metrics-.+\.json|predictions-.+\.npz|submission-.+\.csv|\.(worker|chief)-\d+)')
+    r'(metrics-.+\.json|predictions-.+\.npz|submission-.+\.csv|image-predictions-.+\.csv'
+    r'|\.(worker|chief)-\d+)')
 
 
 def is_run_file(name: str) -> bool:
@@ -108,3 +110,8 @@ MODEL_FLAG_HELP = ('The model: final (the run\'s model), best (best val_accuracy
 def model_name(model: str) -> str:
     """What results record as their model: 'final.keras', 'best.keras', or the path given."""
     return MODELS.get(model, model)
+
+
+def images_predictions(model_dir: str, model_path_: str) -> str:
+    """Where scripts/predict.py --images writes a model's classes of your own images."""
+    return path(model_dir, f'image-predictions-{model_label(model_path_)}.csv')

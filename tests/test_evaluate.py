@@ -1,4 +1,5 @@
-"""Evaluation and submission through scripts/evaluate.py and scripts/predict.py.
+"""Evaluation, submission and your own images through scripts/evaluate.py and
+scripts/predict.py.
 
 No training: the run folder is built directly, the real model with random
 weights saved as final.keras and, with another output layer, as best.keras,
@@ -7,7 +8,9 @@ models' own predictions on the records, computed here without the code
 under test.
 """
 
+import csv
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -17,12 +20,14 @@ import types
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from cifar_tfrecord import convert
 from cifar_tfrecord import evaluate
 from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import plots
 from cifar_tfrecord import records
+from cifar_tfrecord import run_folder
 from cifar_tfrecord.config import ConvertConfig, InputConfig, TrainConfig
 from cifar_tfrecord.errors import UserInputError
 from conftest import run_script
@@ -63,13 +68,14 @@ def saved_run(sample_records, tmp_path_factory):
     test_ids, test_images, _ = split_arrays(sample_records, 'test')
     keras.utils.set_random_seed(1)
     model = model_lib.build_model(weights='none', image_size=32, preprocess=True, head_units=16)
-    probabilities = {}
+    probabilities, heads = {}, {}
     for seed, name in enumerate(MODEL_FILES):
         # Each model its own output layer: one build of ResNet50 serves both.
         output_layer = model.layers[-1]
         kernel, bias = output_layer.get_weights()
         random = np.random.default_rng(seed)
-        output_layer.set_weights([random.normal(0, 0.5, kernel.shape), bias])
+        heads[name] = [random.normal(0, 0.5, kernel.shape), bias]
+        output_layer.set_weights(heads[name])
         model.save(str(run / name))
         # One call for both splits: each new batch shape would trace the model again.
         both = model.predict(np.concatenate([validation_images, test_images]), verbose=0)
@@ -79,7 +85,14 @@ def saved_run(sample_records, tmp_path_factory):
     (run / 'metrics.json').write_text('the trainer\'s metrics')
     (run / 'predictions.npz').write_bytes(b'the trainer\'s predictions')
     return types.SimpleNamespace(path=run, records_dir=sample_records, labels=validation_labels,
-                                 test_ids=test_ids, probabilities=probabilities)
+                                 test_ids=test_ids, probabilities=probabilities, model=model,
+                                 heads=heads)
+
+
+def model_probabilities(saved_run, model_file, images):
+    """What a model of the run gives these images, from the model in memory."""
+    saved_run.model.layers[-1].set_weights(saved_run.heads[model_file])
+    return saved_run.model(images, training=False).numpy()
 
 
 def expected_loss(probabilities, labels) -> float:
@@ -287,3 +300,169 @@ def test_missing_model_path_is_named(saved_run, tmp_path, capsys):
     assert run_script('evaluate', f'--model_dir={saved_run.path}',
                       f'--records_dir={saved_run.records_dir}', f'--model={missing}') == 1
     assert error_lines(capsys) == [f'error: --model={missing}: no such model file']
+
+
+# ----------------------------------------------------------------------------
+# scripts/predict.py --images: your own image files.
+
+
+def write_image(path, pixels, mode=None, **options):
+    Image.fromarray(pixels, mode).save(path, **options)
+
+
+def jpeg_bytes(pixels) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format='JPEG')
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope='module')
+def own_images(tmp_path_factory):
+    """A folder of image files as people have them: odd sizes and modes, and broken
+    ones. Returns the folder, and the reason expected for each broken file."""
+    folder = tmp_path_factory.mktemp('own_images')
+    random = np.random.default_rng(2)
+    write_image(folder / 'tall.png', random.integers(0, 256, (300, 7, 4), np.uint8))  # RGBA
+    write_image(folder / 'gray.jpg', random.integers(0, 256, (401, 500), np.uint8), quality=90)
+    write_image(folder / 'deep.png', random.integers(0, 65536, (45, 60), np.uint16))  # 16-bit
+    palette = Image.fromarray(random.integers(0, 4, (33, 50), np.uint8), 'P')
+    palette.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 250, 250, 0])
+    palette.save(folder / 'palette.png')
+    whole = jpeg_bytes(random.integers(0, 256, (64, 64, 3), np.uint8))
+    (folder / 'truncated.jpg').write_bytes(whole[:len(whole) // 2])
+    (folder / 'notes.jpg').write_bytes(b'not an image\n')
+    (folder / 'readme.txt').write_text('a folder gives its PNG and JPEG files only\n')
+    broken = {'truncated.jpg': 'unreadable image data (OSError: image file is truncated',
+              'notes.jpg': 'not a PNG or JPEG image'}
+    return folder, broken
+
+
+def read_csv_rows(path) -> list[dict]:
+    with open(path, newline='') as file:
+        return list(csv.DictReader(file))
+
+
+def check_classified_rows(saved_run, model_file, rows):
+    """Each row's top 3 are the model's three most probable classes, in order."""
+    images = np.stack([evaluate.load_image_for_model(row['file']) for row in rows])
+    expected = model_probabilities(saved_run, model_file, images)
+    for row, probabilities in zip(rows, expected):
+        top = [(row[f'class_{rank}'], float(row[f'probability_{rank}'])) for rank in (1, 2, 3)]
+        assert [name for name, _ in top] == [
+            records.CLASS_NAMES[index] for index in np.argsort(-probabilities)[:3]], row
+        np.testing.assert_allclose([probability for _, probability in top],
+                                   np.sort(probabilities)[::-1][:3], atol=1e-4)
+        assert top[0][1] >= top[1][1] >= top[2][1]
+        assert sum(probability for _, probability in top) <= 1 + 1e-6
+        assert row['error'] == ''
+
+
+def test_predict_classifies_own_images_and_names_the_unreadable(saved_run, own_images, capsys):
+    folder, broken = own_images
+    run = saved_run.path
+    missing = folder / 'missing.png'
+    before = listing(run)
+    assert run_script('predict', f'--model_dir={run}', f'--images={folder},{missing}') == 1
+    output = run / 'image-predictions-final.csv'
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines()[-1] == (
+        f'error: 3 of 7 images could not be read; their rows in {output} say why')
+    rows = read_csv_rows(output)
+    assert list(rows[0]) == ['file', 'class_1', 'probability_1', 'class_2', 'probability_2',
+                             'class_3', 'probability_3', 'error']
+    names = ['deep.png', 'gray.jpg', 'notes.jpg', 'palette.png', 'tall.png', 'truncated.jpg']
+    assert [row['file'] for row in rows] == [str(folder / name) for name in names] + [
+        str(missing)]
+    reasons = {**broken, 'missing.png': 'no such file'}
+    failed = [row for row in rows if os.path.basename(row['file']) in reasons]
+    for row in failed:
+        assert row['error'].startswith(reasons[os.path.basename(row['file'])]), row
+        assert all(row[column] == '' for column in list(row)[1:-1])
+    check_classified_rows(saved_run, 'final.keras',
+                          [row for row in rows if row not in failed])
+    assert set(listing(run)) - set(before) == {output.name}
+    assert run_folder.is_run_file(output.name)  # A new run's --overwrite removes it.
+    table = captured.out.splitlines()
+    assert table[0].split() == ['file', 'top', '1', 'top', '2', 'top', '3']
+    for line, row in zip(table[1:], rows):
+        if row['error']:
+            assert line.split(maxsplit=1) == [row['file'], f'error: {row["error"]}']
+        else:
+            assert line.split() == [row['file'], *(
+                cell for rank in (1, 2, 3)
+                for cell in (row[f'class_{rank}'], f'{float(row[f"probability_{rank}"]):.3f}'))]
+    assert table[len(rows) + 1] == f'wrote {output}: 7 images, by final.keras'
+
+
+def test_predict_images_by_glob_succeeds_with_the_named_model(saved_run, own_images, tmp_path):
+    folder, _ = own_images
+    output = tmp_path / 'mine.csv'
+    assert run_script('predict', f'--model_dir={saved_run.path}', '--model=best',
+                      f'--images={folder}/*.png', f'--output={output}') == 0
+    rows = read_csv_rows(output)
+    assert [row['file'] for row in rows] == [str(folder / name) for name in
+                                             ('deep.png', 'palette.png', 'tall.png')]
+    check_classified_rows(saved_run, 'best.keras', rows)
+
+
+def test_a_glob_matching_nothing_is_refused_and_nothing_written(saved_run, own_images, capsys):
+    folder, _ = own_images
+    before = listing(saved_run.path)
+    assert run_script('predict', f'--model_dir={saved_run.path}',
+                      f'--images={folder}/*.png,{folder}/*.gif') == 1
+    assert error_lines(capsys) == [f'error: --images={folder}/*.gif: no file matches']
+    assert listing(saved_run.path) == before
+
+
+# The function that reads an image for the model, on known input.
+
+
+def test_a_large_uniform_image_resizes_to_its_colour(tmp_path):
+    path = tmp_path / 'large.png'
+    write_image(path, np.full((480, 640, 3), (200, 30, 60), np.uint8))
+    image = evaluate.load_image_for_model(str(path))
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert np.unique(image.reshape(-1, 3), axis=0).tolist() == [[200, 30, 60]]
+
+
+def test_transparency_shows_white(tmp_path):
+    # Left half fully transparent (black beneath), right half opaque blue.
+    pixels = np.zeros((320, 320, 4), np.uint8)
+    pixels[:, 160:] = (0, 0, 255, 255)
+    write_image(tmp_path / 'rgba.png', pixels)
+    image = evaluate.load_image_for_model(str(tmp_path / 'rgba.png'))
+    # Lanczos mixes only the few columns next to the edge (column 16).
+    assert np.unique(image[:, :12].reshape(-1, 3), axis=0).tolist() == [[255, 255, 255]]
+    assert np.unique(image[:, 20:].reshape(-1, 3), axis=0).tolist() == [[0, 0, 255]]
+    write_image(tmp_path / 'half.png', np.full((50, 50, 4), (255, 0, 0, 128), np.uint8))
+    half = evaluate.load_image_for_model(str(tmp_path / 'half.png'))
+    # 128/255 red over white: (255, 127, 127), within PIL's rounding.
+    np.testing.assert_allclose(half.reshape(-1, 3), [[255, 127, 127]] * 32 * 32, atol=1)
+
+
+def test_sixteen_bit_palette_and_rotated_images_come_out_as_seen(tmp_path):
+    # 16-bit grayscale is scaled, not clipped at 255 (PIL's own conversion).
+    write_image(tmp_path / 'deep.png', np.full((40, 50), 257 * 100, np.uint16))
+    assert np.unique(evaluate.load_image_for_model(str(tmp_path / 'deep.png'))).tolist() == [100]
+    palette = Image.fromarray(np.full((40, 50), 1, np.uint8), 'P')
+    palette.putpalette([0, 0, 0, 10, 200, 30])
+    palette.save(tmp_path / 'palette.png')
+    assert np.unique(evaluate.load_image_for_model(str(tmp_path / 'palette.png')).reshape(-1, 3),
+                     axis=0).tolist() == [[10, 200, 30]]
+    # A camera's JPEG stored sideways, with EXIF orientation 6: turn it 90° clockwise.
+    sideways = np.zeros((64, 128, 3), np.uint8)
+    sideways[:, :64] = (255, 0, 0)  # Left half red: the top once turned.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    write_image(tmp_path / 'sideways.jpg', sideways, exif=exif, quality=95)
+    turned = evaluate.load_image_for_model(str(tmp_path / 'sideways.jpg')).astype(int)
+    assert turned[:12, :, 0].min() > 200 and turned[20:, :, 0].max() < 50
+
+
+def test_missing_and_broken_files_raise_one_line_naming_them(own_images):
+    folder, broken = own_images
+    for name, reason in {**broken, 'missing.png': 'no such file'}.items():
+        with pytest.raises(evaluate.UnreadableImageError) as raised:
+            evaluate.load_image_for_model(str(folder / name))
+        assert str(raised.value).startswith(f'{folder / name}: {reason}')
+        assert '\n' not in str(raised.value)

@@ -1,9 +1,19 @@
-"""The model: preprocessing, BatchNorm modes, weights files, safe loading."""
+"""The model: preprocessing, BatchNorm modes, weights files, and the model files
+saved for inference (callbacks.save_model_atomically): Keras alone loads them,
+and they hold no optimizer state.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import types
 
 import keras
 import numpy as np
 import pytest
 
+from cifar_tfrecord import callbacks
 from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import pipeline
 from cifar_tfrecord.errors import UserInputError
@@ -82,29 +92,147 @@ def test_missing_weights_file_is_refused():
         model_lib.build_model('/no/such.h5', 32, preprocess=True)
 
 
-@pytest.mark.parametrize('normalization, size, method', [
-    ('caffe', 64, 'bilinear'), ('unit', 96, 'repeat'), ('caffe', 32, 'bilinear')])
+# ----------------------------------------------------------------------------
+# In-model preprocessing: Keras' own layers, exactly the host's computation.
+
+
+@pytest.mark.parametrize('normalization', ['caffe', 'unit'])
+@pytest.mark.parametrize('method', ['bilinear', 'repeat'])
+@pytest.mark.parametrize('size', [32, 64, 96, 224])
 def test_in_model_preprocessing_matches_the_pipeline(normalization, size, method):
-    layer = model_lib.Preprocessing(normalization, size, method)
+    preprocessing = model_lib.build_preprocessing(normalization, size, method)
     expected = pipeline.upsample(pipeline.normalize(IMAGES, normalization), size, method)
-    np.testing.assert_allclose(np.array(layer(IMAGES)), np.array(expected), atol=1e-3)
+    # Exactly: the same TensorFlow ops on the same float32 values (the
+    # channel swap multiplies integers by 1 and 0, and the mean is added after).
+    np.testing.assert_array_equal(np.array(preprocessing(IMAGES)), np.array(expected))
 
 
-def test_model_has_no_lambda_and_round_trips_in_safe_mode(tmp_path):
-    model = model_lib.build_model('none', 64, preprocess=True, head_units=8)
-    assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
-    path = str(tmp_path / 'model.keras')
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(loaded.predict(IMAGES, verbose=0),
-                               model.predict(IMAGES, verbose=0), atol=1e-5)
-
-
-def test_output_is_float32_under_mixed_precision():
+def test_preprocessing_runs_in_float32_under_mixed_precision_and_never_trains():
     keras.mixed_precision.set_global_policy('mixed_bfloat16')
-    try:
-        model = model_lib.build_model('none', 32, preprocess=True, head_units=8)
-        assert model.outputs[0].dtype == 'float32'
-        assert model.get_layer('preprocessing').compute_dtype == 'float32'
-    finally:
-        keras.mixed_precision.set_global_policy('float32')
+    model = model_lib.build_model('none', 64, preprocess=True, head_units=8)
+    assert model.outputs[0].dtype == 'float32'
+    preprocessing = model.get_layer('preprocessing')
+    assert preprocessing.output.dtype == 'float32'
+    assert {layer.compute_dtype for layer in preprocessing.layers} == {'float32'}
+    for trainable in (False, True):  # The frozen phase, then fine-tuning.
+        model_lib.set_backbone_trainable(model, trainable, pretrained=False)
+        assert not set(map(id, preprocessing.weights)) & set(map(id, model.trainable_weights))
+    expected = pipeline.upsample(pipeline.normalize(IMAGES, 'caffe'), 64, 'bilinear')
+    np.testing.assert_array_equal(np.array(preprocessing(IMAGES)), np.array(expected))
+
+
+def test_a_model_of_host_prepared_images_gets_the_same_preprocessing():
+    """What evaluate.load_serving_model gives a model trained with --upsample_on=host."""
+    host_model = keras.Sequential([keras.Input((64, 64, 3)), keras.layers.Flatten(),
+                                   keras.layers.Dense(10)])
+    serving = model_lib.with_preprocessing(host_model, 'unit', 'repeat')
+    assert serving.inputs[0].dtype == 'uint8'
+    prepared = pipeline.upsample(pipeline.normalize(IMAGES, 'unit'), 64, 'repeat')
+    np.testing.assert_array_equal(np.array(serving(IMAGES)), np.array(host_model(prepared)))
+
+
+# ----------------------------------------------------------------------------
+# Model files for inference: Keras alone loads them, and they hold no optimizer.
+
+
+def predict_eagerly(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """A model's predictions without tracing it, which costs seconds for ResNet50."""
+    return np.asarray(model(images, training=False))
+
+
+# Loads models with keras.saving.load_model in a Python that never imported
+# this package, predicts, and saves the predictions: argv is the images
+# (.npy), the output (.npz), then the model files. Eagerly, as `predict_eagerly`.
+_KERAS_ALONE = """
+import sys
+import keras
+import numpy as np
+images = np.load(sys.argv[1])
+predictions = [np.asarray(keras.saving.load_model(path, safe_mode=True)(images, training=False))
+               for path in sys.argv[3:]]
+assert 'cifar_tfrecord' not in sys.modules, 'the package was imported'
+np.savez(sys.argv[2], *predictions)
+"""
+
+
+def predict_with_keras_alone(images: np.ndarray, model_paths: list[str],
+                             folder) -> list[np.ndarray]:
+    """Each model's predictions, computed in a fresh Python with Keras alone."""
+    np.save(folder / 'images.npy', images)
+    output = folder / 'keras_alone.npz'
+    result = subprocess.run(
+        [sys.executable, '-c', _KERAS_ALONE, str(folder / 'images.npy'), str(output),
+         *model_paths], cwd=folder, capture_output=True, text=True,
+        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(output) as predictions:
+        return [predictions[f'arr_{index}'] for index in range(len(model_paths))]
+
+
+@pytest.fixture(scope='module')
+def inference_files(tmp_path_factory):
+    """final.keras and best.keras as the trainer saves them, with their predictions.
+
+    final: caffe and bilinear upsampling, compiled with an AdamW optimizer
+    whose state exists, as after fine-tuning; also saved by plain
+    `model.save` (optimizer included) to compare sizes. best: unit
+    normalization and repeated pixels. Both at 64 px, so both upsample.
+    """
+    folder = tmp_path_factory.mktemp('inference_files')
+    final = model_lib.build_model('none', 64, preprocess=True, head_units=8)
+    final.compile(optimizer=keras.optimizers.AdamW(0.01), loss='categorical_crossentropy')
+    final.optimizer.build(final.trainable_variables)
+    best = model_lib.build_model('none', 64, preprocess=True, normalization='unit',
+                                 upsample_method='repeat', head_units=8)
+    paths = {name: str(folder / name) for name in ('final.keras', 'best.keras', 'compiled.keras')}
+    callbacks.save_model_atomically(final, paths['final.keras'])
+    callbacks.save_model_atomically(best, paths['best.keras'])
+    final.save(paths['compiled.keras'])
+    return types.SimpleNamespace(
+        folder=folder, paths=paths, final=final,
+        predictions={'final.keras': predict_eagerly(final, IMAGES),
+                     'best.keras': predict_eagerly(best, IMAGES)})
+
+
+def _layers_within(layer):
+    return [layer, *(inner for child in getattr(layer, 'layers', [])
+                     for inner in _layers_within(child))]
+
+
+def test_model_is_made_of_keras_own_layers(inference_files):
+    foreign = [type(layer).__qualname__ for layer in _layers_within(inference_files.final)
+               if not type(layer).__module__.startswith('keras.')
+               or isinstance(layer, keras.layers.Lambda)]
+    assert foreign == []
+
+
+def test_saved_models_load_and_predict_with_keras_alone(inference_files):
+    names = ['final.keras', 'best.keras']
+    loaded = predict_with_keras_alone(
+        IMAGES, [inference_files.paths[name] for name in names], inference_files.folder)
+    for name, predictions in zip(names, loaded):
+        # The same float32 computation in another process (equal here): at
+        # most the order of a sum may differ.
+        np.testing.assert_allclose(predictions, inference_files.predictions[name],
+                                   rtol=0, atol=1e-6, err_msg=name)
+    assert not np.allclose(loaded[0], loaded[1], atol=1e-3)  # Two models indeed.
+
+
+def _as_json(config: dict):
+    return json.loads(json.dumps(config))
+
+
+def test_model_files_hold_no_optimizer_state(inference_files):
+    sizes = {name: os.path.getsize(path) for name, path in inference_files.paths.items()}
+    # The file is the weights, float32, and little else ...
+    weight_bytes = 4 * inference_files.final.count_params()
+    assert weight_bytes < sizes['final.keras'] < 1.05 * weight_bytes
+    # ... where AdamW adds two moments per trainable weight, and nearly all
+    # of ResNet50's weights train when fine-tuning from scratch: 3x.
+    assert sizes['compiled.keras'] > 2.8 * sizes['final.keras']
+    loaded = keras.saving.load_model(inference_files.paths['final.keras'], safe_mode=True)
+    assert not loaded.compiled
+    # The same model (compared as JSON, as saved: tuples become lists).
+    assert _as_json(loaded.get_config()) == _as_json(inference_files.final.get_config())
+    np.testing.assert_array_equal(predict_eagerly(loaded, IMAGES),
+                                  inference_files.predictions['final.keras'])

@@ -14,6 +14,7 @@ from cifar_tfrecord import evaluate
 from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import records
 from conftest import SMALL_TRAINING, read_history, run_script
+from test_model import predict_eagerly, predict_with_keras_alone
 
 
 @pytest.fixture(scope='module')
@@ -84,6 +85,17 @@ def test_saved_model_takes_raw_images_and_matches_keras(trained_run, sample_reco
     served = exported.serve(tf.constant(images)).numpy()
     np.testing.assert_allclose(served, expected, atol=2e-2)
     np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_final_model_loads_with_keras_alone(trained_run, sample_records, tmp_path):
+    """final.keras in a Python that never imported this package: Keras' own layers only."""
+    images = np.stack([image for _, image, _ in records.read_split(sample_records, 'test')])
+    final_path = os.path.join(trained_run, 'final.keras')
+    expected = predict_eagerly(evaluate.load_serving_model(final_path), images)
+    [loaded] = predict_with_keras_alone(images, [final_path], tmp_path)
+    # The same bfloat16 computation in another process (equal here): at
+    # most the order of a sum may differ.
+    np.testing.assert_allclose(loaded, expected, rtol=0, atol=1e-4)
 
 
 def test_best_checkpoint_loads_in_safe_mode(trained_run):
