@@ -22,6 +22,7 @@ import h5py
 import keras
 import numpy as np
 
+from cifar_tfrecord import interpolation
 from cifar_tfrecord.errors import UserInputError
 
 NUM_CLASSES = 10
@@ -50,7 +51,7 @@ def build_preprocessing(normalization: str = 'caffe', image_size: int = 224,
     layers = [keras.Input((INPUT_SIZE, INPUT_SIZE, 3), dtype='uint8'),
               *_normalization_layers(normalization)]
     if image_size != INPUT_SIZE:
-        layers.append(_upsampling_layer(image_size, upsample_method))
+        layers += _upsampling_layers(image_size, upsample_method)
     return keras.Sequential(layers, name='preprocessing')
 
 
@@ -82,13 +83,29 @@ def _caffe_normalization() -> keras.layers.Conv2D:
     return layer
 
 
-def _upsampling_layer(image_size: int, upsample_method: str) -> keras.layers.Layer:
+def _upsampling_layers(image_size: int, upsample_method: str) -> list[keras.layers.Layer]:
     if upsample_method == 'repeat':
         # Nearest-neighbour by a whole factor repeats each pixel, as the host's tf.repeat.
-        return keras.layers.UpSampling2D(image_size // INPUT_SIZE, interpolation='nearest',
-                                         dtype='float32', name='repeat')
-    return keras.layers.Resizing(image_size, image_size, interpolation='bilinear',
-                                 dtype='float32', name='bilinear')
+        return [keras.layers.UpSampling2D(image_size // INPUT_SIZE, interpolation='nearest',
+                                          dtype='float32', name='repeat')]
+    # Not Resizing: XLA computes TensorFlow's bilinear resize wrongly (see
+    # `interpolation`), and computes these products exactly.
+    matrix = interpolation.bilinear_matrix(INPUT_SIZE, image_size)
+    taller = (image_size, INPUT_SIZE, 3)
+    return [_fixed_product(interpolation.ALONG_HEIGHT, (INPUT_SIZE, INPUT_SIZE, 3), taller,
+                           matrix, 'bilinear_height'),
+            _fixed_product(interpolation.ALONG_WIDTH, taller, (image_size, image_size, 3),
+                           matrix, 'bilinear_width')]
+
+
+def _fixed_product(equation: str, input_shape: tuple, output_shape: tuple,
+                   matrix: np.ndarray, name: str) -> keras.layers.EinsumDense:
+    """An einsum of the images with a fixed, non-trainable float32 matrix."""
+    layer = keras.layers.EinsumDense(equation, output_shape, trainable=False, dtype='float32',
+                                     name=name)
+    layer.build((None, *input_shape))
+    layer.set_weights([matrix])
+    return layer
 
 
 def build_model(weights: str, image_size: int, preprocess: bool, normalization: str = 'caffe',

@@ -7,6 +7,7 @@ exactly as it reads Kaggle's download.
 
 import csv
 import importlib.util
+import itertools
 import os
 import tempfile
 
@@ -118,6 +119,25 @@ def _temporary_files_under_pytest(tmp_path_factory):
     else:
         os.environ['TMPDIR'] = previous[0]
     tempfile.tempdir = previous[1]
+
+
+# Each MirroredStrategy numbers its all-reduces from the same collective keys,
+# and TensorFlow keeps each key's tensor shape for the life of the process:
+# in a process that ran another strategy, an all-reduce of another shape
+# fails ("Shape mismatch in the collective instance 100"). A process trains
+# with one strategy; a test process runs many, so each gets keys of its own,
+# the way TensorFlow's own tests do (the attribute is meant for tests).
+_COLLECTIVE_KEY_BASES = itertools.count(start=1_000_000, step=100_000)
+
+
+def use_new_collective_keys() -> None:
+    """The MirroredStrategy made next numbers its collectives apart from any before."""
+    tf.distribute.MirroredStrategy._collective_key_base = next(_COLLECTIVE_KEY_BASES)
+
+
+@pytest.fixture(autouse=True)
+def _collective_keys_apart():
+    use_new_collective_keys()
 
 
 @pytest.fixture(autouse=True)

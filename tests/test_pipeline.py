@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from cifar_tfrecord import convert
+from cifar_tfrecord import interpolation
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
 from cifar_tfrecord.config import ConvertConfig, InputConfig
@@ -381,3 +382,18 @@ def test_temporary_files_stay_under_pytests_folder(_temporary_files_under_pytest
     assert tempfile.gettempdir() == str(_temporary_files_under_pytest)
     assert any(name.startswith('__autograph_generated_file')
                for name in os.listdir(_temporary_files_under_pytest))
+
+
+def test_bilinear_upsampling_is_tensorflows_resize_as_matrix_products():
+    images = tf.constant(IMAGES, tf.float32)
+    for size in (33, 64, 96, 224):
+        expected = tf.image.resize(images, [size, size], method='bilinear').numpy()
+        upsampled = pipeline.upsample(images, size, 'bilinear').numpy()
+        # The same weights, summed in another order: float32 rounding of 0..255 values.
+        np.testing.assert_allclose(upsampled, expected, rtol=0, atol=2e-3)
+        xla = tf.function(lambda batch: pipeline.upsample(batch, size, 'bilinear'),
+                          jit_compile=True)(images).numpy()
+        np.testing.assert_allclose(xla, expected, rtol=0, atol=2e-3)
+    weights = interpolation.bilinear_matrix(32, 224)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-6)
+    assert (weights >= 0).all() and (np.count_nonzero(weights, axis=1) <= 2).all()

@@ -15,7 +15,6 @@ tests/test_train_outputs.py and tests/test_train_resume.py, and here under
 float16 and XLA.
 """
 
-import itertools
 import os
 import socket
 
@@ -29,7 +28,7 @@ from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import train
 from cifar_tfrecord.config import InputConfig, TrainConfig
-from conftest import run_script
+from conftest import run_script, use_new_collective_keys
 
 BATCH_SIZE = 8
 IMAGES = np.random.default_rng(0).integers(0, 256, (BATCH_SIZE, 32, 32, 3), dtype=np.uint8)
@@ -84,26 +83,11 @@ def _replica_values(strategy: tf.distribute.Strategy, variable: keras.Variable) 
 
 
 # Collective keys of this file's strategies, apart from any other strategy's.
-_COLLECTIVE_KEY_BASES = itertools.count(start=7_000_000, step=100_000)
-
-
 def _mirrored_strategy() -> tf.distribute.Strategy:
-    """train.make_strategy('mirrored'), its collective operations keyed apart.
-
-    Every MirroredStrategy numbers its all-reduces from the same keys, and
-    TensorFlow keeps each key's shape for the life of the process: in a
-    process that ran another strategy, the first all-reduce of another shape
-    fails ("Shape mismatch in the collective instance 100"). TensorFlow's
-    own tests move the base of the keys the same way
-    (tensorflow/python/distribute/strategy_combinations.py); the base is
-    restored for the strategies that come after.
-    """
-    saved = tf.distribute.MirroredStrategy._collective_key_base
-    tf.distribute.MirroredStrategy._collective_key_base = next(_COLLECTIVE_KEY_BASES)
-    try:
-        return train.make_strategy('mirrored')
-    finally:
-        tf.distribute.MirroredStrategy._collective_key_base = saved
+    """train.make_strategy('mirrored'), its collective operations keyed apart
+    from any strategy before it in this process (see conftest)."""
+    use_new_collective_keys()
+    return train.make_strategy('mirrored')
 
 
 def _predict(model: keras.Model) -> np.ndarray:
@@ -351,15 +335,12 @@ def preprocessing_224():
     return layers
 
 
-_XLA_RESIZE_BUG = pytest.mark.xfail(strict=True, reason=(
-    'TensorFlow 2.21: XLA resizes 32 to 224 px bilinearly from the wrong source pixel in '
-    'rows and columns 3, 10, ..., 220 (where the sample falls exactly on source pixel k, it '
-    'takes k + 1): 3.5% of the values, off by up to 251 (tensorflow/tensorflow#118344)'))
-
-
+# With XLA, bilinear upsampling is the case to watch: TensorFlow 2.21's XLA
+# resizes 32 to 224 px from the wrong source pixel in rows and columns 3, 10,
+# ..., 220 (tensorflow/tensorflow#118344), which is why the model and the
+# host upsample by fixed matrix products instead (cifar_tfrecord/interpolation.py).
 @pytest.mark.parametrize('method, jit_compile', [
-    ('bilinear', False), ('repeat', False), ('repeat', True),
-    pytest.param('bilinear', True, marks=_XLA_RESIZE_BUG)])
+    ('bilinear', False), ('repeat', False), ('repeat', True), ('bilinear', True)])
 def test_upsampling_to_224_in_the_model_equals_the_host_pipeline(preprocessing_224, method,
                                                                  jit_compile):
     layer = preprocessing_224[method]
