@@ -332,6 +332,26 @@ class EvaluateConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    """What `scripts/predict.py` classifies: the test records, or your own images."""
+    model_dir: str = option(MODEL_DIR, 'The run folder.')
+    model: str = option(run_folder.MODEL_OF_RECORD, run_folder.MODEL_FLAG_HELP)
+    records_dir: str = option(RECORDS_DIR, 'The records folder, with a test split.')
+    images: tuple[str, ...] = option((), (
+        'Classify these images instead of the test records: PNG or JPEG files, folders or '
+        'globs, comma-separated.'))
+    output: str | None = option(None, (
+        'The CSV to write; default <model_dir>/submission-<model>.csv, or with --images '
+        '<model_dir>/image-predictions-<model>.csv.'))
+    batch_size: int = option(BATCH_SIZE, 'Images per prediction batch.')
+
+    def validate(self) -> 'PredictConfig':
+        """Checks the values a user can get wrong; returns self."""
+        _check_at_least('batch_size', self.batch_size, 1)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
 class PlotConfig:
     """Which figures `scripts/plot.py` draws, from which run folders."""
     model_dir: str | None = option(None, 'The run folder to plot (local or gs://).')

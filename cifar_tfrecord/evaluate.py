@@ -117,9 +117,12 @@ def evaluate(model: keras.Model, config: InputConfig, split: str, model_name: st
         model_name: what the metrics record as their model
             (`run_folder.model_name`).
     """
-    dataset, _ = pipeline.make_dataset(config, split, training=False)
+    dataset, count = pipeline.make_dataset(config, split, training=False)
     labels = np.concatenate([np.argmax(targets, axis=1) for _, targets in dataset])
-    probabilities = model.predict(dataset.map(lambda images, _: images), verbose=0)
+    # steps: the dataset's length, so Keras shows progress out of a total and
+    # does not take its end for a shortage of data.
+    probabilities = model.predict(dataset.map(lambda images, _: images), verbose='auto',
+                                  steps=pipeline.evaluation_steps(count, config.batch_size))
     return compute_metrics(probabilities, labels, split, model_name)
 
 

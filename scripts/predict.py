@@ -22,41 +22,31 @@ Measured here: 20 images (ten 12-megapixel JPEG photos, ten PNG icons) with
 a 32 px model in 8 s, most of it starting TensorFlow and loading the model.
 """
 
-from absl import flags
-
 from cifar_tfrecord import cli
 from cifar_tfrecord import evaluate
 from cifar_tfrecord import run_folder
+from cifar_tfrecord.config import PredictConfig
 from cifar_tfrecord.errors import UserInputError
 
-flags.DEFINE_string('model_dir', 'runs/resnet50', 'The run folder.')
-flags.DEFINE_string('model', run_folder.MODEL_OF_RECORD, run_folder.MODEL_FLAG_HELP)
-flags.DEFINE_string('records_dir', 'records', 'The records folder, with a test split.')
-flags.DEFINE_list('images', None, (
-    'Classify these images instead of the test records: PNG or JPEG files, folders or globs, '
-    'comma-separated.'))
-flags.DEFINE_string('output', None, (
-    'The CSV to write; default <model_dir>/submission-<model>.csv, or with --images '
-    '<model_dir>/image-predictions-<model>.csv.'))
-flags.DEFINE_integer('batch_size', 256, 'Images per prediction batch.')
-FLAGS = flags.FLAGS
+cli.define_flags(PredictConfig)
 
 
 def main(argv):
     cli.no_arguments(argv)
-    if FLAGS.images:
-        classify(FLAGS.images)
+    config = cli.config_from_flags(PredictConfig).validate()
+    if config.images:
+        classify(config)
         return
     path, rows = evaluate.predict_submission(
-        FLAGS.model_dir, FLAGS.model, FLAGS.records_dir, FLAGS.output, FLAGS.batch_size)
-    print(f'wrote {path}: {rows} predictions of {run_folder.model_name(FLAGS.model)}')
+        config.model_dir, config.model, config.records_dir, config.output, config.batch_size)
+    print(f'wrote {path}: {rows} predictions of {run_folder.model_name(config.model)}')
 
 
-def classify(images: list[str]) -> None:
+def classify(config: PredictConfig) -> None:
     path, predictions = evaluate.predict_images(
-        FLAGS.model_dir, FLAGS.model, images, FLAGS.output, FLAGS.batch_size)
+        config.model_dir, config.model, list(config.images), config.output, config.batch_size)
     print(evaluate.format_image_table(predictions))
-    print(f'wrote {path}: {len(predictions)} images, by {run_folder.model_name(FLAGS.model)}')
+    print(f'wrote {path}: {len(predictions)} images, by {run_folder.model_name(config.model)}')
     failed = sum(prediction.error is not None for prediction in predictions)
     if failed:
         raise UserInputError(f'{failed} of {len(predictions)} images could not be read; '

@@ -11,7 +11,7 @@ from absl import flags
 from cifar_tfrecord import cli
 from cifar_tfrecord.config import (BenchmarkConfig, ConvertConfig, DataServiceConfig,
                                    EvaluateConfig, InputConfig, LaunchConfig, PlotConfig,
-                                   TrainConfig)
+                                   PredictConfig, TrainConfig)
 from conftest import SCRIPTS, load_script, run_script
 
 RECIPES = os.path.join(SCRIPTS, 'recipes')
@@ -75,7 +75,7 @@ def test_a_bare_boolean_flag_leaves_the_next_flag_alone():
 
 SCRIPT_CONFIGS = {'train': TrainConfig, 'convert': ConvertConfig, 'launch_local': LaunchConfig,
                   'evaluate': EvaluateConfig, 'plot': PlotConfig, 'benchmark': BenchmarkConfig,
-                  'data_service': DataServiceConfig}
+                  'data_service': DataServiceConfig, 'predict': PredictConfig}
 SCRIPTS_WITH_FLAGS = sorted(name[:-3] for name in os.listdir(SCRIPTS) if name.endswith('.py'))
 
 
@@ -152,6 +152,7 @@ def test_absl_and_tensorflow_flags_are_under_helpfull_only(capsys, script):
 
 @pytest.mark.parametrize('script, flag, message', [
     ('evaluate', '--batch_size=-1', 'must be at least 1'),
+    ('predict', '--batch_size=0', 'must be at least 1'),
     ('benchmark', '--repeats=0', 'must be at least 1'),
     ('benchmark', '--steps=0', 'must be at least 1'),
     ('benchmark', '--image_size=16', 'must be at least 32'),

@@ -4,6 +4,7 @@ writes, read back by the tests, evaluate.py and predict.py.
 
 import json
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -28,10 +29,15 @@ def trained_run(sample_records, tmp_path_factory):
     weights = str(folder / 'backbone.weights.h5')
     model_lib.build_backbone('none', 32).save_weights(weights)
     model_dir = str(folder / 'run')
-    status = run_script('train', f'--records_dir={sample_records}', f'--model_dir={model_dir}',
-                        *SMALL_TRAINING, f'--weights={weights}', '--strategy=mirrored',
-                        '--mixed_precision=mixed_bfloat16', '--freeze_epochs=1',
-                        '--fine_tune_epochs=1', '--steps_per_epoch=2', '--batch_norm_momentum=0.8')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        status = run_script(
+            'train', f'--records_dir={sample_records}', f'--model_dir={model_dir}',
+            *SMALL_TRAINING, f'--weights={weights}', '--strategy=mirrored',
+            '--mixed_precision=mixed_bfloat16', '--freeze_epochs=1', '--fine_tune_epochs=1',
+            '--steps_per_epoch=2', '--batch_norm_momentum=0.8')
+    with open(os.path.join(folder, 'warnings.txt'), 'w') as file:
+        file.write('\n'.join(str(warning.message) for warning in caught))
     keras.mixed_precision.set_global_policy('float32')
     assert status == 0
     return model_dir
@@ -49,6 +55,14 @@ def test_a_run_writes_every_output(trained_run):
         for column in ('loss', 'accuracy', 'val_loss', 'val_accuracy', 'learning_rate',
                        'images_per_second', 'epoch_seconds'):
             assert float(row[column]) >= 0, column
+
+
+def test_training_raises_none_of_keras_warnings_about_its_input(trained_run):
+    # Keras warns of a shuffle it ignores, and of input that runs out, when
+    # fit and predict are not told the datasets' lengths.
+    with open(os.path.join(os.path.dirname(trained_run), 'warnings.txt')) as file:
+        raised = file.read()
+    assert 'shuffle' not in raised and 'ran out of data' not in raised, raised
 
 
 def test_two_replicas_and_bfloat16_were_used(trained_run):
