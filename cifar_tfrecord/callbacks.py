@@ -20,6 +20,7 @@ from absl import logging
 
 from cifar_tfrecord import faults
 from cifar_tfrecord import run_folder
+from cifar_tfrecord.progress import describe_seconds
 
 HISTORY_COLUMNS = ('epoch', 'phase', 'loss', 'accuracy', 'val_loss', 'val_accuracy',
                    'learning_rate', 'images_per_second', 'epoch_seconds')
@@ -147,14 +148,6 @@ class HistoryCSV(keras.callbacks.Callback):
         return (f'{self._phase} epoch {row["epoch"]}/{total}: {measures}, '
                 f'{row["images_per_second"]:,.0f} images/s, '
                 + ('done' if left == 0 else f'about {describe_seconds(left)} left'))
-
-
-def describe_seconds(seconds: float) -> str:
-    """A duration as a person says it: '45 s', '12 min', '3 h 20 min'."""
-    if seconds < 90:
-        return f'{seconds:.0f} s'
-    minutes = round(seconds / 60)
-    return f'{minutes} min' if minutes < 90 else f'{minutes // 60} h {minutes % 60} min'
 
 
 class RunTimeEstimate(keras.callbacks.Callback):

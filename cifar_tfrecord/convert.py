@@ -18,7 +18,6 @@ import dataclasses
 import itertools
 import os
 import struct
-import time
 import zlib
 from typing import Iterable, Iterator
 
@@ -28,6 +27,7 @@ from absl import logging
 
 from cifar_tfrecord import faults
 from cifar_tfrecord import records
+from cifar_tfrecord.progress import Progress
 from cifar_tfrecord import sample
 from cifar_tfrecord import sources
 from cifar_tfrecord.config import ConvertConfig
@@ -42,7 +42,6 @@ _DECODE_GROUP = 16
 _GROUP_CALLS = 2
 # The position of a copy that pads a batch to whole groups: not an image.
 _PADDING = -1
-_PROGRESS_SECONDS = 5.0
 # PNG chunks: length and type, then data, then a CRC-32 (RFC 2083).
 _PNG_CHUNK_HEAD = struct.Struct('>I4s')
 _PNG_CRC = struct.Struct('>I')
@@ -138,7 +137,7 @@ def load_set(batches: Iterable[sources.SourceBatch], encoding: str,
     With 'raw' every PNG is decoded. With 'png' the original bytes are kept,
     and each file's structure is checked instead (see `png_size`).
     """
-    progress = _Progress(kaggle_set)
+    progress = Progress(kaggle_set)
     ids, labels, serialized = [], [], []
     for batch, images in _decoded(iter(batches), encoding, kaggle_set):
         if encoding == 'raw':
@@ -146,7 +145,7 @@ def load_set(batches: Iterable[sources.SourceBatch], encoding: str,
         serialized += records.serialize_examples(encoding, batch.ids, images, batch.labels)
         ids += batch.ids
         labels.append(batch.labels)
-        progress.update(len(batch.ids))
+        progress.update(len(batch.ids), batch.total)
     progress.done()
     if not ids:
         raise UserInputError(f'{kaggle_set}: the source holds no images')
@@ -380,30 +379,6 @@ def _encode_pngs(images: np.ndarray) -> list[bytes]:
     dataset = tf.data.Dataset.from_tensor_slices(images).map(
         tf.io.encode_png, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return list(dataset.as_numpy_iterator())
-
-
-class _Progress:
-    """Logs images/s every few seconds while a set is read."""
-
-    def __init__(self, name: str):
-        self._name = name
-        self._count = 0
-        self._start = self._last = time.perf_counter()
-
-    def update(self, count: int) -> None:
-        self._count += count
-        now = time.perf_counter()
-        if now - self._last >= _PROGRESS_SECONDS:
-            self._last = now
-            self._log('read')
-
-    def done(self) -> None:
-        self._log('done:')
-
-    def _log(self, verb: str) -> None:
-        seconds = max(time.perf_counter() - self._start, 1e-9)
-        logging.info('%s: %s %d images, %.0f images/s', self._name, verb,
-                     self._count, self._count / seconds)
 
 
 # ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pathlib
 import re
 import zipfile
 from stat import S_ISDIR
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -45,6 +45,7 @@ class SourceBatch(NamedTuple):
     ids: list[str]
     images: list[bytes] | np.ndarray  # PNG files, or (n, 32, 32, 3) uint8 pixels
     labels: np.ndarray  # int64, UNKNOWN_LABEL where unlabelled
+    total: int | None = None  # Images in the whole set, once the source knows.
 
 
 # ----------------------------------------------------------------------------
@@ -90,20 +91,27 @@ class KaggleLayout:
     def batches(self, kaggle_set: str, batch_size: int) -> Iterator[SourceBatch]:
         """Yields the set's images with their labels (train) or without (test)."""
         labels = None
+        # The set's size, for progress: the CSV's rows, else the listing of
+        # the folder or archive, known once it is read.
+        counted = []
         if kaggle_set == 'train':
             labels = read_labels(self._files.read_text(LABELS_CSV), self._location(LABELS_CSV))
+            counted.append(len(labels))
         if self._extracted:
-            named = self._files.read_folder(kaggle_set)
+            named = self._files.read_folder(kaggle_set, counted.append)
         else:
-            named = self._stream_7z(f'{kaggle_set}.7z')
-        return _batches(named, labels, batch_size, self._location(kaggle_set))
+            named = self._stream_7z(f'{kaggle_set}.7z', counted.append)
+        return _batches(named, labels, batch_size, self._location(kaggle_set),
+                        lambda: counted[0] if counted else None)
 
-    def _stream_7z(self, name: str) -> Iterator[tuple[str, bytes]]:
+    def _stream_7z(self, name: str, on_count: Callable[[int], None]
+                   ) -> Iterator[tuple[str, bytes]]:
         location = self._location(name)
 
         def check_names(names):
             for entry in names:
                 check_member_name(entry, location)
+            on_count(sum(_is_image(entry) for entry in names))
 
         try:
             yield from archive.stream(*self._files.archive_path(name), location, check_names)
@@ -141,24 +149,30 @@ def read_labels(text: str, location: str) -> dict[str, int]:
 
 
 def _batches(named: Iterator[tuple[str, bytes]], labels: dict[str, int] | None,
-             batch_size: int, location: str) -> Iterator[SourceBatch]:
+             batch_size: int, location: str,
+             total: Callable[[], int | None]) -> Iterator[SourceBatch]:
     """Groups `(file name, image)` pairs into batches with ids and labels.
 
     `train/123.png` has the id '123'. Refuses a duplicate id and, given the
     CSV's `labels`, an image without a row or a row without an image.
+    `total()` is the set's size, once known.
     """
-    named = ((name, image) for name, image in named
-             # Stray files (.DS_Store, notes) are not images.
-             if name.lower().endswith('.png'))
+    named = ((name, image) for name, image in named if _is_image(name))
     seen = set()
     while group := list(itertools.islice(named, batch_size)):
         ids = _unique_ids([name for name, _ in group], seen, location)
-        yield SourceBatch(ids, [image for _, image in group], _labels_of(ids, labels, location))
+        yield SourceBatch(ids, [image for _, image in group], _labels_of(ids, labels, location),
+                          total())
     if labels is not None and len(seen) < len(labels):
         missing = sorted(labels.keys() - seen, key=id_sort_key)
         raise UserInputError(
             f'{LABELS_CSV}: id {missing[0]} has no image in {location}'
             + (f' ({len(missing) - 1} more ids too)' if len(missing) > 1 else ''))
+
+
+def _is_image(name: str) -> bool:
+    # Stray files (.DS_Store, notes) are not images.
+    return name.lower().endswith('.png')
 
 
 def _unique_ids(names: list[str], seen: set[str], location: str) -> list[str]:
@@ -254,14 +268,17 @@ class _Folder:
             top_level.append([subfolder + '/', len(entries), digest])
         return sorted(top_level)
 
-    def read_folder(self, name: str) -> Iterator[tuple[str, bytes]]:
+    def read_folder(self, name: str, on_count: Callable[[int], None]
+                    ) -> Iterator[tuple[str, bytes]]:
         """Yields `(file name, bytes)` for every file of a subfolder, read
-        lazily, in name order: the file system's own order varies.
+        lazily, in name order: the file system's own order varies. Tells
+        `on_count` how many images it holds first.
         """
         folder = os.path.join(self.path, name)
         names = sorted(file for file in tf.io.gfile.listdir(folder) if not file.endswith('/'))
         if not names:
             raise UserInputError(f'{folder} holds no images')
+        on_count(sum(_is_image(file) for file in names))
         prefix = folder.rstrip('/') + '/'  # Cheaper than os.path.join per file.
         for file in names:
             yield file, _read_file(prefix + file)
@@ -354,10 +371,12 @@ class _Zip:
         stat = tf.io.gfile.stat(self.path)
         return [[os.path.basename(self.path), stat.length, stat.mtime_nsec]]
 
-    def read_folder(self, name: str) -> Iterator[tuple[str, bytes]]:
-        for member in sorted(self._names):
-            if member.startswith(name + '/'):
-                yield member, self._zip.read(member)
+    def read_folder(self, name: str, on_count: Callable[[int], None]
+                    ) -> Iterator[tuple[str, bytes]]:
+        members = sorted(member for member in self._names if member.startswith(name + '/'))
+        on_count(sum(_is_image(member) for member in members))
+        for member in members:
+            yield member, self._zip.read(member)
 
 
 # ----------------------------------------------------------------------------
@@ -459,7 +478,8 @@ class TfdsSource:
                 'version': str(self._builder.version)}
 
     def batches(self, kaggle_set: str, batch_size: int) -> Iterator[SourceBatch]:
+        total = int(self._datasets[kaggle_set].cardinality())
         dataset = self._datasets[kaggle_set].batch(batch_size)
         for batch in dataset.as_numpy_iterator():
             yield SourceBatch([image_id.decode() for image_id in batch['id']], batch['image'],
-                              batch['label'].astype(np.int64))
+                              batch['label'].astype(np.int64), total if total >= 0 else None)

@@ -95,11 +95,6 @@ def test_each_epoch_ends_with_one_line_of_where_the_run_is(tmp_path, caplog):
     assert len(callbacks.read_history(str(tmp_path))) == 2
 
 
-@pytest.mark.parametrize('seconds, said', [(12.4, '12 s'), (600, '10 min'), (12000, '3 h 20 min')])
-def test_durations_read_as_a_person_says_them(seconds, said):
-    assert callbacks.describe_seconds(seconds) == said
-
-
 @pytest.mark.parametrize('advice', [None, 'use the CPU recipe'])
 def test_a_long_run_is_foretold_once_with_advice(tmp_path, caplog, monkeypatch, advice):
     monkeypatch.setattr(callbacks, '_LONG_RUN_SECONDS', 0)  # Every run is long.

@@ -18,9 +18,11 @@ from PIL import Image, PngImagePlugin
 
 from cifar_tfrecord import convert as convert_lib
 from cifar_tfrecord import faults
+from cifar_tfrecord import progress
 from cifar_tfrecord import records
 from cifar_tfrecord import sample
 from cifar_tfrecord import sources
+from cifar_tfrecord.config import ConvertConfig
 from conftest import IMAGES_PER_CLASS, REPOSITORY, TEST_IMAGES, run_script
 
 
@@ -596,3 +598,27 @@ def test_ctrl_c_while_decompressing_prints_one_line_and_keeps_the_records(kaggle
                           'they were; rerun the same command to convert']
     assert 'Traceback' not in interrupted.stderr + interrupted.stdout
     assert {path.name: path.read_bytes() for path in output_dir.iterdir()} == before
+
+
+@pytest.mark.parametrize('extracted', [False, True])
+def test_progress_counts_each_set_against_its_size(kaggle_zip, tmp_path, monkeypatch, caplog,
+                                                    extracted):
+    if extracted:  # train/ and test/ folders beside the CSV, instead of 7z archives.
+        data_dir = tmp_path / 'extracted'
+        with zipfile.ZipFile(kaggle_zip / 'cifar-10.zip') as outer:
+            outer.extractall(data_dir)
+        for name in ('train', 'test'):
+            with py7zr.SevenZipFile(data_dir / f'{name}.7z') as archive:
+                archive.extractall(data_dir)
+            (data_dir / f'{name}.7z').unlink()
+    else:
+        data_dir = kaggle_zip
+    monkeypatch.setattr(progress, 'PROGRESS_SECONDS', 0.0)  # A line for every batch.
+    with caplog.at_level('INFO', logger='absl'):
+        convert_lib.convert(ConvertConfig(source='dir', data_dir=str(data_dir),
+                                          output_dir=str(tmp_path / 'records'), num_shards=2))
+    lines = [record.getMessage() for record in caplog.records]
+    for kaggle_set, total in (('train', IMAGES_PER_CLASS * 10), ('test', TEST_IMAGES)):
+        assert any(line.startswith(f'{kaggle_set}: {total:,} of {total:,} images (100%), ')
+                   for line in lines), lines
+        assert any(line.startswith(f'{kaggle_set}: {total:,} images in ') for line in lines)
