@@ -30,6 +30,7 @@ from cifar_tfrecord import sources
 from cifar_tfrecord.callbacks import write_text_atomically
 from cifar_tfrecord.config import InputConfig
 from cifar_tfrecord.errors import UserInputError
+from cifar_tfrecord.progress import Progress
 
 SAMPLE_COUNT = 256
 # Enough of a sha256 to tell two records folders apart in a log line.
@@ -243,10 +244,15 @@ def write_submission(serving: keras.Model, records_dir: str, output: str,
         The number of rows written.
     """
     predictions = {}
+    # Kaggle's own test set has 300,000 images: say how far it got.
+    tracker = Progress('test', unit='images predicted')
+    total = records.load_manifest(records_dir).splits['test'].num_examples
     for images, ids in pipeline.make_prediction_dataset(records_dir, 'test', batch_size):
         classes = np.argmax(serving.predict_on_batch(images), axis=1)
         for image_id, class_index in zip(ids.numpy(), classes):
             predictions[image_id.decode()] = records.CLASS_NAMES[class_index]
+        tracker.update(len(classes), total)
+    tracker.done()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
     writer.writerow(['id', 'label'])

@@ -26,6 +26,7 @@ from cifar_tfrecord import convert
 from cifar_tfrecord import evaluate
 from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import plots
+from cifar_tfrecord import progress
 from cifar_tfrecord import records
 from cifar_tfrecord import run_folder
 from cifar_tfrecord.config import ConvertConfig, InputConfig, TrainConfig
@@ -178,10 +179,15 @@ def test_evaluate_refuses_to_overwrite_the_trainers_files(saved_run, capsys, out
 # scripts/predict.py.
 
 
-def test_predict_writes_the_final_models_submission_into_the_run(saved_run, capsys):
+def test_predict_writes_the_final_models_submission_into_the_run(saved_run, capsys, caplog,
+                                                                 monkeypatch):
     run = saved_run.path
-    assert run_script('predict', f'--model_dir={run}',
-                      f'--records_dir={saved_run.records_dir}') == 0
+    monkeypatch.setattr(progress, 'PROGRESS_SECONDS', 0.0)  # A progress line every batch.
+    with caplog.at_level('INFO', logger='absl'):
+        assert run_script('predict', f'--model_dir={run}',
+                          f'--records_dir={saved_run.records_dir}', '--batch_size=5') == 0
+    assert any(record.getMessage().startswith(
+        f'test: 5 of {TEST_IMAGES} images predicted (') for record in caplog.records)
     path = run / 'submission-final.csv'
     assert f'wrote {path}' in capsys.readouterr().out
     lines = path.read_text().splitlines()
