@@ -110,7 +110,7 @@ def make_dataset(config: InputConfig, split: str, training: bool,
                  input_context: tf.distribute.InputContext | None = None,
                  manifest: records.Manifest | None = None, first_epoch: int = 0,
                  epochs: int | None = None, steps_per_epoch: int | None = None,
-                 service_job: str = 'train') -> tuple[tf.data.Dataset, int]:
+                 service_job: str | None = None) -> tuple[tf.data.Dataset, int]:
     """The dataset of one split, and the number of examples in the split.
 
     Args:
@@ -129,7 +129,8 @@ def make_dataset(config: InputConfig, split: str, training: bool,
         steps_per_epoch: training only: the steps of a Keras epoch (default
             examples // global batch); an epoch delivers exactly that many.
         service_job: training through a tf.data service only: the job the
-            workers of one training attempt share, and no other attempt.
+            workers of one training attempt share, and no other attempt
+            (default: 'train').
 
     Returns:
         (dataset, examples in the split). Elements are (images, one-hot
@@ -195,7 +196,7 @@ def _served_training_batches(source, config, count, input_context, epoch_range,
         images, config, epoch, batch_size, replicas * steps_per_epoch, count))
     return dataset.apply(tf.data.experimental.service.distribute(
         processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
-        service=config.data_service, job_name=service_job))
+        service=config.data_service, job_name=service_job or 'train'))
 
 
 def _per_replica(batch_size: int, input_context) -> tuple[int, int]:

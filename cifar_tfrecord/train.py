@@ -420,9 +420,11 @@ def run_phase(model: keras.Model, config: TrainConfig, phase: str,
     # (A finite dataset makes Keras warn that it ran out of data; through a
     # service, consumers take batches at uneven rates and a finite job could
     # end for one worker while another still waits on it.)
-    train_data, _ = pipeline.distribute(
-        strategy, config.input, 'train', True, first_epoch=first_epoch,
-        steps_per_epoch=steps_per_epoch, service_job=f'{service_job}-{phase}-{first_epoch}')
+    # A service job of this attempt's own for each phase it starts.
+    job = f'{service_job}-{phase}-{first_epoch}' if service_job else None
+    train_data, _ = pipeline.distribute(strategy, config.input, 'train', True,
+                                        first_epoch=first_epoch,
+                                        steps_per_epoch=steps_per_epoch, service_job=job)
     validation_data, validation_count = pipeline.distribute(
         strategy, config.input, 'validation', False)
     with strategy.scope():  # Where fit finds the strategy of several workers.
