@@ -47,6 +47,14 @@ _PNG_CHUNK_HEAD = struct.Struct('>I4s')
 _PNG_CRC = struct.Struct('>I')
 _PNG_CHUNK_OVERHEAD = _PNG_CHUNK_HEAD.size + _PNG_CRC.size
 _PNG_SIZE = struct.Struct('>II')  # IHDR starts with width, height.
+# A 32x32 PNG's first chunk up to its size: IHDR, of 13 bytes, width and
+# height 32. A PNG that declares other dimensions is refused before
+# TensorFlow decodes it, and allocates them: 16,384 x 16,384 pixels of one
+# colour compress to under 1 MB.
+_IHDR_32x32 = (_PNG_CHUNK_HEAD.pack(13, b'IHDR')
+               + _PNG_SIZE.pack(records.IMAGE_SHAPE[1], records.IMAGE_SHAPE[0]))
+_IHDR_START = len(records.PNG_SIGNATURE)
+_IHDR_END = _IHDR_START + len(_IHDR_32x32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,8 +301,24 @@ def _padded_size(count: int) -> int:
 
 
 def _check_signatures(ids: list[str], pngs: list[bytes], kaggle_set: str) -> None:
+    """Refuses a file that is not a PNG, or whose header is not a 32x32
+    image's, before anything is decoded."""
     for image_id, png in zip(ids, pngs):
         _check_signature(image_id, png, kaggle_set)
+        if png[_IHDR_START:_IHDR_END] != _IHDR_32x32:
+            _refuse_header(image_id, png, kaggle_set)
+
+
+def _refuse_header(image_id: str, png: bytes, kaggle_set: str) -> None:
+    if len(png) < _IHDR_END or png[_IHDR_START + 4:_IHDR_START + 8] != b'IHDR':
+        raise UserInputError(
+            f'{kaggle_set}: image {image_id}.png is a broken PNG (no IHDR chunk first)')
+    width, height = _PNG_SIZE.unpack_from(png, _IHDR_START + _PNG_CHUNK_HEAD.size)
+    if (height, width) != records.IMAGE_SHAPE[:2]:
+        _check_sizes([image_id], np.array([(height, width)]), kaggle_set)
+    raise UserInputError(
+        f'{kaggle_set}: image {image_id}.png is a broken PNG (an IHDR chunk of '
+        f'{_PNG_CHUNK_HEAD.unpack_from(png, _IHDR_START)[0]} bytes, not 13)')
 
 
 def _check_signature(image_id: str, png: bytes, kaggle_set: str) -> None:

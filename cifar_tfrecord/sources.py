@@ -39,6 +39,33 @@ RULES_URL = 'https://www.kaggle.com/c/cifar-10/rules'
 # Bytes per read of a file: a CIFAR-10 PNG, a few KB, takes one.
 _READ_SIZE = 1 << 16
 
+# What an input may hold, checked against what its headers and listings
+# declare before anything is decompressed or read, and again against what
+# is read: a decompression bomb, or a header that lies, is refused in one
+# line, and the converter's memory stays bounded whatever the input says.
+#
+# One PNG. A CIFAR-10 PNG takes 0.5 to 3 KB; the largest 32x32 PNG there is
+# (16-bit RGBA, stored uncompressed) takes 8.3 KB of pixels. The rest is
+# room for metadata a tool may add (an ICC profile, EXIF, text).
+MAX_IMAGE_BYTES = 1 << 20
+# Images of one set, and rows of the label CSV: Kaggle's test.7z holds
+# 300,000 images (10,000 of them scored), its train.7z 50,000.
+MAX_IMAGES = 500_000
+# A set's PNGs together, and a 7z archive (PNGs barely compress): Kaggle's
+# 300,000 test PNGs take about 0.7 GB.
+MAX_SET_BYTES = 2 << 30
+# trainLabels.csv: Kaggle's takes 0.6 MB; MAX_IMAGES rows take under 10 MB.
+MAX_LABELS_BYTES = 64 << 20
+# Entries of a zip: two sets of extracted images, and a few other files.
+MAX_ZIP_ENTRIES = 2 * MAX_IMAGES + 100
+# Kaggle's ids are numbers of at most six digits.
+_MAX_ID_LENGTH = 100
+# The 7z process holds an archive's compressed data (py7zr reads ahead), a
+# batch, and the interpreter: a memory ceiling, over which it stops with a
+# MemoryError that the converter reports, whatever the archive declares.
+_ARCHIVE_LIMITS = archive.Limits(entry_bytes=MAX_IMAGE_BYTES, entries=MAX_IMAGES,
+                                 total_bytes=MAX_SET_BYTES, memory_bytes=MAX_SET_BYTES + (1 << 30))
+
 
 class SourceBatch(NamedTuple):
     """Consecutive images of one set, column by column."""
@@ -95,7 +122,8 @@ class KaggleLayout:
         # the folder or archive, known once it is read.
         counted = []
         if kaggle_set == 'train':
-            labels = read_labels(self._files.read_text(LABELS_CSV), self._location(LABELS_CSV))
+            csv_bytes = self._files.read_bytes(LABELS_CSV, MAX_LABELS_BYTES)
+            labels = read_labels(csv_bytes, self._location(LABELS_CSV))
             counted.append(len(labels))
         if self._extracted:
             named = self._files.read_folder(kaggle_set, counted.append)
@@ -107,14 +135,17 @@ class KaggleLayout:
     def _stream_7z(self, name: str, on_count: Callable[[int], None]
                    ) -> Iterator[tuple[str, bytes]]:
         location = self._location(name)
+        _check_size(location, self._files.size(name), MAX_SET_BYTES, 'a set\'s 7z archive')
 
         def check_names(names):
             for entry in names:
                 check_member_name(entry, location)
+            _check_unique_names(names, location)
             on_count(sum(_is_image(entry) for entry in names))
 
         try:
-            yield from archive.stream(*self._files.archive_path(name), location, check_names)
+            yield from archive.stream(*self._files.archive_path(name), location, _ARCHIVE_LIMITS,
+                                      check_names)
         except archive.ArchiveError as error:
             raise UserInputError(str(error)) from None
 
@@ -122,30 +153,68 @@ class KaggleLayout:
         return os.path.join(self.path, name)
 
 
-def read_labels(text: str, location: str) -> dict[str, int]:
-    """Parses `trainLabels.csv` (`id,label`, label a class name) to id -> index."""
+def read_labels(data: bytes, location: str) -> dict[str, int]:
+    """Parses `trainLabels.csv` (`id,label`, label a class name) to id -> index.
+
+    The file is UTF-8, with or without a byte order mark; other bytes are
+    refused, naming their line. Rows may end in CRLF, and fields may be
+    quoted or have spaces around them.
+    """
     class_index = {name: index for index, name in enumerate(records.CLASS_NAMES)}
-    rows = csv.reader(io.StringIO(text))
-    header = next(rows, None)
-    if header is None or [column.strip() for column in header] != ['id', 'label']:
-        raise UserInputError(f'{location}: expected the header "id,label", found {header}')
+    rows = csv.reader(io.StringIO(_decode_utf8(data, location)), skipinitialspace=True,
+                      strict=True)
     labels = {}
-    for line_number, row in enumerate(rows, start=2):
-        if not row:
-            continue
-        if len(row) != 2:
-            raise UserInputError(f'{location}: line {line_number} is not "id,label": {row}')
-        image_id, label = row[0].strip(), row[1].strip()
-        if label not in class_index:
-            raise UserInputError(
-                f'{location}: id {image_id} has label {label!r}, which is not one of '
-                f'the ten CIFAR-10 classes')
-        if image_id in labels:
-            raise UserInputError(f'{location}: duplicate id {image_id}')
-        labels[image_id] = class_index[label]
+    try:
+        header = next(rows, None)
+        if header is None or [column.strip() for column in header] != ['id', 'label']:
+            raise UserInputError(f'{location}: expected the header "id,label", found '
+                                 f'{_shortened(header)}')
+        for row in rows:
+            _add_label(labels, row, rows.line_num, class_index, location)
+    except csv.Error as error:
+        raise UserInputError(f'{location}: line {rows.line_num}: {error}') from None
     if not labels:
         raise UserInputError(f'{location}: no labels')
     return labels
+
+
+def _decode_utf8(data: bytes, location: str) -> str:
+    try:
+        return data.decode('utf-8-sig')
+    except UnicodeDecodeError as error:
+        # Positions count from after a byte order mark, as does error.object.
+        text, start = error.object, error.start
+        line = text.count(b'\n', 0, start) + 1
+        column = start - text.rfind(b'\n', 0, start)
+        raise UserInputError(
+            f'{location}: line {line}, byte {column} (0x{text[start]:02x}) is not UTF-8; '
+            'save the file as UTF-8 (a spreadsheet\'s "CSV UTF-8")') from None
+
+
+def _shortened(value) -> str:
+    """`value` for a one-line message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + '...'
+
+
+def _add_label(labels: dict[str, int], row: list[str], line_number: int,
+               class_index: dict[str, int], location: str) -> None:
+    if not row:
+        return
+    if len(row) != 2:
+        raise UserInputError(
+            f'{location}: line {line_number} is not "id,label": {_shortened(row)}')
+    if len(labels) >= MAX_IMAGES:
+        raise UserInputError(f'{location}: more than {MAX_IMAGES:,} rows, the most a set may have')
+    image_id, label = row[0].strip(), row[1].strip()
+    _check_id(image_id, location, line_number)
+    if label not in class_index:
+        raise UserInputError(
+            f'{location}: id {image_id} has label {_shortened(label)}, which is not one of the '
+            'ten CIFAR-10 classes')
+    if image_id in labels:
+        raise UserInputError(f'{location}: duplicate id {image_id}')
+    labels[image_id] = class_index[label]
 
 
 def _batches(named: Iterator[tuple[str, bytes]], labels: dict[str, int] | None,
@@ -154,20 +223,47 @@ def _batches(named: Iterator[tuple[str, bytes]], labels: dict[str, int] | None,
     """Groups `(file name, image)` pairs into batches with ids and labels.
 
     `train/123.png` has the id '123'. Refuses a duplicate id and, given the
-    CSV's `labels`, an image without a row or a row without an image.
+    CSV's `labels`, an image without a row or a row without an image; and a
+    set over MAX_IMAGES or MAX_SET_BYTES, whatever its listing declared.
     `total()` is the set's size, once known.
     """
     named = ((name, image) for name, image in named if _is_image(name))
     seen = set()
+    set_bytes = 0
     while group := list(itertools.islice(named, batch_size)):
         ids = _unique_ids([name for name, _ in group], seen, location)
-        yield SourceBatch(ids, [image for _, image in group], _labels_of(ids, labels, location),
-                          total())
+        images = [image for _, image in group]
+        set_bytes += sum(map(len, images))
+        _check_set_size(len(seen), set_bytes, location)
+        yield SourceBatch(ids, images, _labels_of(ids, labels, location), total())
     if labels is not None and len(seen) < len(labels):
         missing = sorted(labels.keys() - seen, key=id_sort_key)
         raise UserInputError(
             f'{LABELS_CSV}: id {missing[0]} has no image in {location}'
             + (f' ({len(missing) - 1} more ids too)' if len(missing) > 1 else ''))
+
+
+def _check_set_size(count: int, size: int, location: str) -> None:
+    if count > MAX_IMAGES:
+        raise UserInputError(f'{location}: more than {MAX_IMAGES:,} images, the most a set may '
+                             'have')
+    if size > MAX_SET_BYTES:
+        raise UserInputError(f'{location}: its images take more than {MAX_SET_BYTES:,} bytes, '
+                             'the most a set may take')
+
+
+def _check_size(location: str, size: int, limit: int, what: str) -> None:
+    """Refuses a file whose size, declared or read, is over `limit`."""
+    if size > limit:
+        raise UserInputError(f'{location} takes {size:,} bytes, more than the {limit:,} {what} '
+                             'may take')
+
+
+def _check_unique_names(names: list[str], location: str) -> None:
+    # py7zr would rename the second of two entries of one name, hiding it.
+    if len(set(names)) < len(names):
+        duplicate = next(name for name, count in collections.Counter(names).items() if count > 1)
+        raise UserInputError(f'{location}: two entries are named {_shortened(duplicate)}')
 
 
 def _is_image(name: str) -> bool:
@@ -180,6 +276,7 @@ def _unique_ids(names: list[str], seen: set[str], location: str) -> list[str]:
     ids = []
     for name in names:
         image_id = name.rsplit('/', 1)[-1][:-len('.png')]
+        _check_id(image_id, location, name)
         if image_id in seen:
             raise UserInputError(f'{location}: duplicate id {image_id} ({name})')
         seen.add(image_id)
@@ -197,9 +294,31 @@ def _labels_of(ids: list[str], labels: dict[str, int] | None, location: str) -> 
             f'{location}: image {error.args[0]}.png has no row in {LABELS_CSV}') from None
 
 
+def _check_id(image_id: str, location: str, culprit: str | int) -> None:
+    """Refuses an id that a one-line message, or a record, could not hold.
+
+    `culprit` is the id's entry name, or its line number in the CSV.
+    """
+    if image_id.isascii() and image_id.isprintable() and len(image_id) <= _MAX_ID_LENGTH:
+        return  # Every Kaggle id: the test costs little per image.
+    where = (f'{location}: line {culprit}' if isinstance(culprit, int)
+             else f'{location}: entry {_shortened(culprit)}')
+    if len(image_id) > _MAX_ID_LENGTH or not image_id.isprintable():
+        raise UserInputError(f'{where}: the id {_shortened(image_id)} is not a line of at most '
+                             f'{_MAX_ID_LENGTH} printable characters')
+    try:
+        image_id.encode()
+    except UnicodeEncodeError:
+        raise UserInputError(f'{where}: the id {_shortened(image_id)} is not valid Unicode') from None
+
+
 def id_sort_key(image_id: str) -> tuple:
-    """Kaggle ids are integers: sort '2' before '10'; other ids sort as text."""
-    return (0, int(image_id), '') if image_id.isdigit() else (1, 0, image_id)
+    """Kaggle ids are integers: sort '2' before '10'; other ids sort as text.
+
+    Ids of one number ('7', '07') sort by their text, so no order of the
+    source decides which comes first.
+    """
+    return (0, int(image_id), image_id) if image_id.isdecimal() else (1, 0, image_id)
 
 
 def check_member_name(name: str, location: str) -> None:
@@ -241,15 +360,21 @@ class _Folder:
     def isdir(self, name: str) -> bool:
         return tf.io.gfile.isdir(os.path.join(self.path, name))
 
-    def open(self, name: str):
-        return tf.io.gfile.GFile(os.path.join(self.path, name), 'rb')
-
     def archive_path(self, name: str) -> tuple[str, None]:
         return os.path.join(self.path, name), None
 
-    def read_text(self, name: str) -> str:
-        with self.open(name) as file:
-            return file.read().decode('utf-8-sig')
+    def size(self, name: str) -> int:
+        path = os.path.join(self.path, name)
+        try:
+            return tf.io.gfile.stat(path).length
+        except tf.errors.OpError as error:
+            raise _unreadable(path, error) from None
+
+    def read_bytes(self, name: str, max_bytes: int) -> bytes:
+        """A file's bytes, refused when its size is over `max_bytes`."""
+        path = os.path.join(self.path, name)
+        _check_size(path, self.size(name), max_bytes, 'this file')
+        return _read_file(path, max_bytes)
 
     def fingerprint(self) -> list:
         """`[name, size, mtime]` of each top-level file (archives, the CSV),
@@ -278,10 +403,12 @@ class _Folder:
         names = sorted(file for file in tf.io.gfile.listdir(folder) if not file.endswith('/'))
         if not names:
             raise UserInputError(f'{folder} holds no images')
-        on_count(sum(_is_image(file) for file in names))
+        images = [file for file in names if _is_image(file)]
+        _check_set_size(len(images), 0, folder)
+        on_count(len(images))
         prefix = folder.rstrip('/') + '/'  # Cheaper than os.path.join per file.
-        for file in names:
-            yield file, _read_file(prefix + file)
+        for file in images:
+            yield file, _read_file(prefix + file, MAX_IMAGE_BYTES)
 
 
 def _file_stats(folder: str, below: str = '') -> list[tuple[str, int, int]]:
@@ -316,14 +443,20 @@ def _stat(path: str, remote: bool) -> tuple[bool, int, int]:
         raise _unreadable(path, error) from None
 
 
-def _read_file(path: str) -> bytes:
+def _read_file(path: str, max_bytes: int) -> bytes:
+    """A file's bytes, refused when there are more than `max_bytes`."""
     try:
         if files.is_remote(path):
             with files.open_file(path) as file:
-                return file.read()
-        return _read_local_file(path)
+                data = file.read(max_bytes + 1)
+        else:
+            data = _read_local_file(path, max_bytes + 1)
     except (OSError, tf.errors.OpError) as error:
         raise _unreadable(path, error) from None
+    if len(data) > max_bytes:
+        raise UserInputError(f'{path} takes more than {max_bytes:,} bytes, the most this file '
+                             'may take')
+    return data
 
 
 def _unreadable(path: str, error: Exception) -> UserInputError:
@@ -331,14 +464,17 @@ def _unreadable(path: str, error: Exception) -> UserInputError:
     return UserInputError(f'cannot read {path}: {reason}')
 
 
-def _read_local_file(path: str) -> bytes:
+def _read_local_file(path: str, max_bytes: int) -> bytes:
+    """At most `max_bytes` of a file."""
     # Bare system calls: a buffered open() costs more per small file, and a
     # set has 50,000 of them.
     descriptor = os.open(path, os.O_RDONLY)
     try:
         chunks = []
-        while chunk := os.read(descriptor, _READ_SIZE):
+        size = 0
+        while size < max_bytes and (chunk := os.read(descriptor, min(_READ_SIZE, max_bytes - size))):
             chunks.append(chunk)
+            size += len(chunk)
     finally:
         os.close(descriptor)
     return b''.join(chunks)
@@ -349,11 +485,16 @@ class _Zip:
         self.path = path
         try:
             self._zip = zipfile.ZipFile(tf.io.gfile.GFile(path, 'rb'))
-        except zipfile.BadZipFile as error:
-            raise UserInputError(f'{path} is not a valid zip file: {error}') from error
-        for name in self._zip.namelist():
+        except Exception as error:  # zipfile raises many kinds on a corrupt zip.
+            raise UserInputError(f'{path} is not a valid zip file ({_reason(error)})') from None
+        names = self._zip.namelist()
+        if len(names) > MAX_ZIP_ENTRIES:
+            raise UserInputError(f'{path} holds {len(names):,} entries, more than the '
+                                 f'{MAX_ZIP_ENTRIES:,} a Kaggle layout may have')
+        for name in names:
             check_member_name(name, path)
-        self._names = {name.rstrip('/') for name in self._zip.namelist()}
+        _check_unique_names(names, path)
+        self._names = {name.rstrip('/') for name in names}
 
     def exists(self, name: str) -> bool:
         return name in self._names
@@ -364,8 +505,20 @@ class _Zip:
     def archive_path(self, name: str) -> tuple[str, str]:
         return self.path, name
 
-    def read_text(self, name: str) -> str:
-        return self._zip.read(name).decode('utf-8-sig')
+    def size(self, name: str) -> int:
+        """The member's size, as the zip declares it."""
+        return self._zip.getinfo(name).file_size
+
+    def read_bytes(self, name: str, max_bytes: int) -> bytes:
+        """A member's bytes, refused when its declared size is over `max_bytes`.
+
+        zipfile reads no more than the declared size, and checks the CRC-32.
+        """
+        _check_size(f'{self.path}: {name}', self.size(name), max_bytes, 'this file')
+        try:
+            return self._zip.read(name)
+        except Exception as error:  # zipfile raises many kinds on corrupt data.
+            raise UserInputError(f'{self.path}: cannot read {name} ({_reason(error)})') from None
 
     def fingerprint(self) -> list:
         stat = tf.io.gfile.stat(self.path)
@@ -373,10 +526,18 @@ class _Zip:
 
     def read_folder(self, name: str, on_count: Callable[[int], None]
                     ) -> Iterator[tuple[str, bytes]]:
-        members = sorted(member for member in self._names if member.startswith(name + '/'))
-        on_count(sum(_is_image(member) for member in members))
+        members = sorted(member for member in self._zip.namelist()
+                         if member.startswith(name + '/') and _is_image(member))
+        _check_set_size(len(members), sum(map(self.size, members)), f'{self.path}: {name}/')
+        on_count(len(members))
         for member in members:
-            yield member, self._zip.read(member)
+            yield member, self.read_bytes(member, MAX_IMAGE_BYTES)
+
+
+def _reason(error: Exception) -> str:
+    """An exception as a short phrase for a one-line message."""
+    message = str(error).strip().split('\n')[0][:200]
+    return f'{type(error).__name__}: {message}' if message else type(error).__name__
 
 
 # ----------------------------------------------------------------------------

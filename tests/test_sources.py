@@ -95,11 +95,11 @@ def test_extracted_files_are_read_in_name_order(tmp_path, small_sample, monkeypa
 ])
 def test_read_labels_refuses_bad_csv(text, message):
     with pytest.raises(UserInputError, match=message):
-        sources.read_labels(text, 'trainLabels.csv')
+        sources.read_labels(text.encode(), 'trainLabels.csv')
 
 
 def test_read_labels_maps_names_to_cifar_order():
-    labels = sources.read_labels('id,label\n1,airplane\n2,truck\n3,cat\n', 'x')
+    labels = sources.read_labels(b'id,label\n1,airplane\n2,truck\n3,cat\n', 'x')
     assert labels == {'1': 0, '2': 9, '3': 3}
 
 

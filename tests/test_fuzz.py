@@ -1,0 +1,396 @@
+"""The converter fuzzed: a small valid Kaggle zip, mutated by Hypothesis.
+
+Each example takes the zip > 7z > PNG + CSV input of `_base_input` and
+mutates it at every level: bytes of the PNGs, of the 7z archives and of the
+zip truncated, flipped or inserted; CSV rows dropped, duplicated, reordered,
+quoted, spaced, capitalized, given leading zeros, extra columns, empty and
+very long lines; the CSV in other encodings, with a BOM, with CRLF; archive
+entries renamed with '..', absolute paths, backslashes, Unicode, or another
+entry's name. The conversion runs in this process (a process per example
+would spend 5 s importing TensorFlow) and must end one of two ways:
+
+- converted: the records pass `records.verify` and hold exactly the ids,
+  pixels and labels that a reference reader (zipfile, py7zr and PIL, here)
+  finds in the mutated input; and a mutation that changes nothing a reader
+  should care about (row order, CRLF, a BOM, quotes, spaces, an empty line,
+  a backslash or a subfolder in an entry name, a Unicode id) always converts;
+- refused: one `UserInputError` whose message is one line, no output folder,
+  no temporary file, and the input as it was.
+
+Never another exception; never a hang (after _HANG_SECONDS the process
+dumps its threads' tracebacks and exits, which fails the run); never the 7z
+process above _CHILD_MEMORY_BOUND, or this process above _MEMORY_BOUND.
+
+CI runs _CI_EXAMPLES examples, derandomized, in about a minute. The long
+run draws new examples with each seed:
+
+    python -m pytest -p no:cacheprovider -m fuzz tests/test_fuzz.py --hypothesis-seed=1
+
+Each failure found becomes a named regression test below.
+"""
+
+import faulthandler
+import io
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+import py7zr
+import py7zr.io
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from cifar_tfrecord import convert
+from cifar_tfrecord import records
+from cifar_tfrecord import sample
+from cifar_tfrecord import sources
+from cifar_tfrecord.config import ConvertConfig
+from cifar_tfrecord.errors import UserInputError
+from conftest import REPOSITORY
+
+_CI_EXAMPLES = 40
+_LONG_EXAMPLES = 2000
+_HANG_SECONDS = 300
+# This process holds TensorFlow and pytest (about 1.2 GB here); the 7z
+# process needs a few tens of MB for this input. A decompression bomb would
+# take gigabytes.
+_MEMORY_BOUND = 3 << 30
+_CHILD_MEMORY_BOUND = 1 << 30
+
+
+# ----------------------------------------------------------------------------
+# The input, and its mutations.
+
+
+def _base_input():
+    """(train PNGs by id, class names by id, test PNGs by id): 20 + 3 images."""
+    return sample.generate(images_per_class=2, test_images=3, seed=3)
+
+
+_BASE = _base_input()
+_TRAIN_IDS = sorted(_BASE[0], key=int)
+_TEST_IDS = sorted(_BASE[2], key=int)
+_POSITION = st.integers(0, 1 << 20)  # Taken modulo the length of what it cuts.
+
+_byte_edits = st.lists(st.one_of(
+    st.tuples(st.just('truncate'), _POSITION),
+    st.tuples(st.just('flip'), _POSITION, st.integers(1, 255)),
+    st.tuples(st.just('insert'), _POSITION, st.binary(min_size=1, max_size=8)),
+), max_size=2)
+
+# CSV edits that change nothing a reader should care about.
+_HARMLESS_CSV = ('reorder', 'quote', 'spaces', 'empty_line')
+_csv_edits = st.lists(st.one_of(
+    st.tuples(st.sampled_from(_HARMLESS_CSV), st.integers(0, 1000)),
+    st.tuples(st.sampled_from(('drop', 'duplicate', 'capitalize', 'leading_zeros',
+                               'extra_column')), st.integers(0, 1000)),
+    st.tuples(st.just('long_line'), st.integers(0, 1000), st.integers(1, 300_000)),
+), max_size=3)
+
+_HARMLESS_RENAMES = ('subfolder', 'backslash', 'unicode_id')
+_renames = st.lists(st.tuples(
+    st.sampled_from(('train', 'test')),
+    st.integers(0, 1000),
+    st.sampled_from(_HARMLESS_RENAMES + ('dot_dot', 'absolute', 'same_name', 'not_png')),
+    st.sampled_from(('é', '٣', '７', 'ß', '猫', '\u200b', '\U0001f431')),
+), max_size=2)
+
+_recipes = st.fixed_dictionaries({
+    'with_test': st.booleans(),
+    'renames': _renames,
+    'png_edits': st.lists(st.tuples(st.sampled_from(('train', 'test')), st.integers(0, 1000),
+                                    _byte_edits), max_size=2),
+    'archive_edits': st.lists(st.tuples(st.sampled_from(('train', 'test')), _byte_edits),
+                              max_size=1),
+    'csv_edits': _csv_edits,
+    'line_end': st.sampled_from(('\n', '\r\n')),
+    'encoding': st.sampled_from(('utf-8', 'utf-8-sig', 'latin-1', 'cp1252', 'utf-16')),
+    'zip_compression': st.sampled_from((zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)),
+    'zip_edits': _byte_edits,
+})
+
+
+def _edit_bytes(data: bytes, edits) -> bytes:
+    for edit in edits:
+        position = edit[1] % (len(data) + 1)
+        if edit[0] == 'truncate':
+            data = data[:position]
+        elif edit[0] == 'flip' and position < len(data):
+            data = data[:position] + bytes([data[position] ^ edit[2]]) + data[position + 1:]
+        elif edit[0] == 'insert':
+            data = data[:position] + edit[2] + data[position:]
+    return data
+
+
+def _is_harmless(recipe: dict) -> bool:
+    """Whether the recipe changes nothing a reader should care about."""
+    return (not recipe['png_edits'] and not recipe['archive_edits'] and not recipe['zip_edits']
+            and all(edit[0] in _HARMLESS_CSV for edit in recipe['csv_edits'])
+            and all(rename[2] in _HARMLESS_RENAMES and rename[3].isprintable()
+                    for rename in recipe['renames'])
+            and recipe['encoding'] in ('utf-8', 'utf-8-sig'))
+
+
+def _build_input(recipe: dict, zip_path: str) -> None:
+    """Writes the mutated Kaggle zip that `recipe` describes."""
+    train, labels, test = _BASE
+    entries = {'train': [[f'train/{image_id}.png', train[image_id]] for image_id in _TRAIN_IDS],
+               'test': [[f'test/{image_id}.png', test[image_id]] for image_id in _TEST_IDS]}
+    rows = [[image_id, labels[image_id]] for image_id in _TRAIN_IDS]
+    for kaggle_set, index, kind, character in recipe['renames']:
+        _rename(kaggle_set, entries[kaggle_set], rows if kaggle_set == 'train' else None,
+                index % len(entries[kaggle_set]), kind, character)
+    for kaggle_set, index, edits in recipe['png_edits']:
+        entry = entries[kaggle_set][index % len(entries[kaggle_set])]
+        entry[1] = _edit_bytes(entry[1], edits)
+    archives = {kaggle_set: _make_7z(entries[kaggle_set]) for kaggle_set in entries}
+    for kaggle_set, edits in recipe['archive_edits']:
+        archives[kaggle_set] = _edit_bytes(archives[kaggle_set], edits)
+    csv_text = _csv_text(rows, recipe['csv_edits'], recipe['line_end'])
+    try:
+        csv_bytes = csv_text.encode(recipe['encoding'])
+    except UnicodeEncodeError:  # An id this encoding cannot write.
+        csv_bytes = csv_text.encode('utf-8')
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w', recipe['zip_compression']) as archive:
+        archive.writestr('train.7z', archives['train'])
+        archive.writestr(sources.LABELS_CSV, csv_bytes)
+        if recipe['with_test']:
+            archive.writestr('test.7z', archives['test'])
+    with open(zip_path, 'wb') as file:
+        file.write(_edit_bytes(buffer.getvalue(), recipe['zip_edits']))
+
+
+def _rename(folder: str, entries: list, rows: list | None, index: int, kind: str,
+            character: str) -> None:
+    file = entries[index][0].replace('\\', '/').rsplit('/', 1)[-1]
+    image_id = file.rsplit('.', 1)[0]
+    if kind == 'unicode_id':
+        new_id = image_id + character
+        entries[index][0] = f'{folder}/{new_id}.png'
+        for row in rows or []:
+            if row[0] == image_id:
+                row[0] = new_id
+        return
+    entries[index][0] = {
+        'subfolder': f'{folder}/sub/{file}',
+        'backslash': f'{folder}\\{file}',
+        'dot_dot': f'{folder}/../{file}',
+        'absolute': f'/tmp/{file}',
+        'same_name': entries[(index + 1) % len(entries)][0],
+        'not_png': f'{folder}/{image_id}.txt',
+    }[kind]
+
+
+def _make_7z(entries: list) -> bytes:
+    buffer = io.BytesIO()
+    with py7zr.SevenZipFile(buffer, 'w') as archive:
+        for name, data in entries:
+            archive._writestr(data, name)  # py7zr's checked writer refuses '..'.
+    return buffer.getvalue()
+
+
+def _csv_text(rows: list, edits, line_end: str) -> str:
+    lines = [f'{image_id},{label}' for image_id, label in rows]
+    for edit in edits:
+        kind, index = edit[0], edit[1] % (len(lines) + 1)
+        row = min(index, len(lines) - 1)
+        if kind == 'reorder':
+            random.Random(edit[1]).shuffle(lines)
+        elif kind == 'quote' and lines:
+            lines[row] = ','.join(f'"{field}"' for field in lines[row].split(',', 1))
+        elif kind == 'spaces' and lines:
+            lines[row] = lines[row].replace(',', ' , ', 1)
+        elif kind == 'empty_line':
+            lines.insert(index, '')
+        elif kind == 'drop' and lines:
+            del lines[row]
+        elif kind == 'duplicate' and lines:
+            lines.insert(index, lines[row])
+        elif kind == 'capitalize' and lines:
+            lines[row] = lines[row].title()
+        elif kind == 'leading_zeros' and lines:
+            lines[row] = '00' + lines[row]
+        elif kind == 'extra_column' and lines:
+            lines[row] += ',Café'
+        elif kind == 'long_line':
+            lines.insert(index, '1,' + 'x' * edit[2])
+    return line_end.join(['id,label', *lines]) + line_end
+
+
+# ----------------------------------------------------------------------------
+# The reference reader: zipfile, py7zr and PIL, in this process.
+
+
+def _reference(zip_path: str) -> dict[str, dict[str, tuple[np.ndarray, int]]]:
+    """{Kaggle set: {id: (pixels, label)}} of a Kaggle zip that converted."""
+    with zipfile.ZipFile(zip_path) as outer:
+        labels = _reference_labels(outer.read(sources.LABELS_CSV))
+        sets = {}
+        for kaggle_set in ('train', 'test'):
+            if f'{kaggle_set}.7z' in outer.namelist():
+                files = _reference_7z(outer.read(f'{kaggle_set}.7z'))
+                sets[kaggle_set] = {
+                    image_id: (_pixels(data), labels[image_id] if kaggle_set == 'train'
+                               else records.UNKNOWN_LABEL)
+                    for image_id, data in files.items()}
+    return sets
+
+
+def _reference_labels(data: bytes) -> dict[str, int]:
+    text = data.decode('utf-8-sig')
+    lines = [line for line in text.splitlines()[1:] if line.strip()]
+    labels = {}
+    for line in lines:
+        image_id, label = (field.strip().strip('"') for field in line.split(','))
+        labels[image_id] = records.CLASS_NAMES.index(label)
+    return labels
+
+
+def _reference_7z(data: bytes) -> dict[str, bytes]:
+    factory = py7zr.io.BytesIOFactory(limit=1 << 24)
+    with py7zr.SevenZipFile(io.BytesIO(data)) as archive:
+        archive.extractall(factory=factory)
+    return {name.rsplit('/', 1)[-1][:-len('.png')]: product.read()
+            for name, product in factory.products.items() if name.lower().endswith('.png')}
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert('RGB'))
+
+
+def _converted(output_dir: str) -> dict[str, dict[str, tuple[np.ndarray, int]]]:
+    """The same, read back from the records: validation joins train."""
+    sets = {}
+    for split in records.load_manifest(output_dir).splits:
+        kaggle_set = 'test' if split == 'test' else 'train'
+        for image_id, image, label in records.read_split(output_dir, split):
+            assert image_id not in sets.setdefault(kaggle_set, {}), image_id
+            sets[kaggle_set][image_id] = (image, label)
+    return sets
+
+
+# ----------------------------------------------------------------------------
+# One example.
+
+
+def _check_example(recipe: dict, folder: str) -> None:
+    """Builds the recipe's input, converts it, and checks the outcome."""
+    data_dir, output_dir, temporary = (os.path.join(folder, name)
+                                       for name in ('data', 'records', 'temporary'))
+    os.makedirs(data_dir)
+    os.makedirs(temporary)
+    zip_path = os.path.join(data_dir, sources.COMPETITION_ZIP)
+    _build_input(recipe, zip_path)
+    with open(zip_path, 'rb') as file:
+        zip_bytes = file.read()
+    config = ConvertConfig(source='dir', data_dir=data_dir, output_dir=output_dir,
+                           num_shards=2, validation_fraction=0.2)
+    children_before = _children_peak()
+    previous_tempdir = tempfile.tempdir
+    tempfile.tempdir = temporary
+    faulthandler.dump_traceback_later(_HANG_SECONDS, exit=True)
+    try:
+        convert.convert(config)
+    except UserInputError as error:
+        event(f'refused: {_gist(str(error))}')  # --hypothesis-show-statistics counts them.
+        _check_refusal(str(error), output_dir, temporary, zip_path, zip_bytes)
+        assert not _is_harmless(recipe), f'a harmless mutation was refused: {error}'
+    else:
+        event('converted')
+        _check_conversion(output_dir, zip_path)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        tempfile.tempdir = previous_tempdir
+    _check_memory(children_before)
+
+
+def _gist(message: str) -> str:
+    """A refusal's kind: its message without the names and numbers."""
+    words = [word for word in message.split() if word.isalpha()]
+    return ' '.join(words[:8])
+
+
+def _check_refusal(message: str, output_dir: str, temporary: str, zip_path: str,
+                   zip_bytes: bytes) -> None:
+    assert message and '\n' not in message and '\r' not in message, repr(message)
+    assert not os.path.exists(output_dir), os.listdir(output_dir)
+    assert not os.listdir(temporary)
+    assert os.listdir(os.path.dirname(zip_path)) == [sources.COMPETITION_ZIP]
+    with open(zip_path, 'rb') as file:
+        assert file.read() == zip_bytes
+
+
+def _check_conversion(output_dir: str, zip_path: str) -> None:
+    converted, expected = _converted(output_dir), _reference(zip_path)
+    assert records.verify(output_dir) == {
+        split: sum(count for count in counts.class_counts.values())
+        for split, counts in records.load_manifest(output_dir).splits.items()}
+    assert converted.keys() == expected.keys()
+    for kaggle_set, examples in expected.items():
+        assert converted[kaggle_set].keys() == examples.keys(), kaggle_set
+        for image_id, (pixels, label) in examples.items():
+            image, converted_label = converted[kaggle_set][image_id]
+            np.testing.assert_array_equal(image, pixels, err_msg=f'{kaggle_set} {image_id}')
+            assert converted_label == label, (kaggle_set, image_id)
+
+
+def _children_peak() -> int:
+    """The largest peak resident memory of any child process so far, in bytes."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss << 10
+
+
+def _check_memory(children_before: int) -> None:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+    assert own < _MEMORY_BOUND, f'this process peaked at {own:,} bytes'
+    # The figure is a peak over every child so far: it rose, or not, with
+    # this example's 7z processes.
+    children = _children_peak()
+    assert children == children_before or children < _CHILD_MEMORY_BOUND, (
+        f'a 7z process peaked at {children:,} bytes')
+
+
+@pytest.fixture(scope='module')
+def example_folders(tmp_path_factory):
+    """A fresh folder per example (Hypothesis reruns a test body, not a fixture)."""
+    base = tmp_path_factory.mktemp('fuzz')
+
+    def make():
+        folder = tempfile.mkdtemp(dir=base)
+        return folder
+
+    yield make
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _run(recipe: dict, example_folders) -> None:
+    folder = example_folders()
+    try:
+        _check_example(recipe, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_SETTINGS = dict(deadline=None, database=None, print_blob=True,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@settings(max_examples=_CI_EXAMPLES, derandomize=True, **_SETTINGS)
+@given(recipe=_recipes)
+def test_mutated_input_converts_exactly_or_is_refused_in_one_line(example_folders, recipe):
+    _run(recipe, example_folders)
+
+
+@pytest.mark.fuzz
+@settings(max_examples=_LONG_EXAMPLES, **_SETTINGS)
+@given(recipe=_recipes)
+def test_long_fuzz(example_folders, recipe):
+    _run(recipe, example_folders)
