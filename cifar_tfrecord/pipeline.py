@@ -7,9 +7,11 @@
 Each stage is a small pure function; `make_dataset` chains them and returns
 the dataset with its example count. Epoch k's order and augmentation are a
 function of the seed and k alone, so a resumed run builds its input from the
-epoch it resumes at and sees what an uninterrupted run would have seen. With `upsample_on='device'` images leave
-the host as uint8 32x32 (4x less traffic than float32, 49x less than 224 px)
-and the model normalizes and upsamples them on the accelerator.
+epoch it resumes at and sees what an uninterrupted run would have seen.
+
+With `upsample_on='device'` images leave the host as uint8 32x32 (4x less
+traffic than float32, 49x less than 224 px) and the model normalizes and
+upsamples them on the accelerator.
 
 Depends on the records module alone.
 """
