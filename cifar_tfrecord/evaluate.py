@@ -196,6 +196,7 @@ def evaluate_model(model_dir: str, model: str, records_dir: str, split: str = 'a
     model_path = resolve_model(model_dir, model)
     check_records(model_path, records_dir)
     split = resolve_split(records_dir, split)
+    records.present_shard_paths(records_dir, split, records.load_manifest(records_dir))
     defaults = [run_folder.evaluation_metrics(model_dir, model_path, split),
                 run_folder.evaluation_predictions(model_dir, model_path, split)]
     outputs = [metrics_output or defaults[0], predictions_output or defaults[1]]
@@ -278,6 +279,7 @@ def predict_submission(model_dir: str, model: str, records_dir: str, output: str
     """
     model_path = resolve_model(model_dir, model)
     check_records(model_path, records_dir)
+    records.present_shard_paths(records_dir, 'test', records.load_manifest(records_dir))
     output = output or run_folder.submission(model_dir, model_path)
     rows = write_submission(load_serving_model(model_path), records_dir, output, batch_size)
     return output, rows

@@ -201,17 +201,128 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> 'Manifest':
-        data = json.loads(text)
-        splits = {
-            name: Split(split['num_examples'], split['class_counts'],
-                        tuple(Shard(**shard) for shard in split['shards']))
-            for name, split in data.pop('splits').items()
-        }
-        return cls(
-            splits=splits,
-            class_names=tuple(data.pop('class_names')),
-            image_shape=tuple(data.pop('image_shape')),
-            **data)
+        """Parses a manifest, checked as `parse_manifest` checks it.
+
+        Raises:
+            ManifestError (a ValueError) naming the key at fault, or
+            json.JSONDecodeError.
+        """
+        return parse_manifest(json.loads(text))
+
+
+class ManifestError(ValueError):
+    """A manifest that does not match its schema; the message names the key."""
+
+
+# A manifest holds exactly the fields of these classes: an unknown key is
+# refused, not ignored. The converter alone writes manifests, so an unknown
+# key is a hand edit, or a newer version's field whose meaning this code
+# would miss (a change to the format raises SCHEMA_VERSION).
+_SHA256 = re.compile('[0-9a-f]{64}')
+
+
+def parse_manifest(data) -> Manifest:
+    """A manifest from its JSON value, every key and value checked.
+
+    Checked here, cheaply, with no shard read: the schema version first,
+    then each key's presence and type, that no key is unknown, that shard
+    names are shard names of their split, and that every split's counts add
+    up (its num_examples, its shards' and its class counts). `verify`
+    rereads the shards themselves.
+    """
+    _check_object(data, 'the manifest')
+    version = data.get('schema_version')
+    if version != SCHEMA_VERSION and 'schema_version' in data:
+        raise ManifestError(f'schema_version is {_shown(version)}, this code reads version '
+                            f'{SCHEMA_VERSION}: convert the data again')
+    _check_keys(data, Manifest, '')
+    encoding = data['encoding']
+    if encoding not in ENCODINGS:
+        raise ManifestError(f'encoding is {_shown(encoding)}, not one of {", ".join(ENCODINGS)}')
+    class_names = data['class_names']
+    if not (isinstance(class_names, list) and len(class_names) == NUM_CLASSES and all(
+            isinstance(name, str) and name for name in class_names)):
+        raise ManifestError(f'class_names must be a list of {NUM_CLASSES} names, '
+                            f'not {_shown(class_names)}')
+    if data['image_shape'] != list(IMAGE_SHAPE):
+        raise ManifestError(f'image_shape is {_shown(data["image_shape"])}, this code reads '
+                            f'{list(IMAGE_SHAPE)}')
+    _check_object(data['provenance'], 'provenance')
+    _check_object(data['splits'], 'splits')
+    return Manifest(encoding=encoding, class_names=tuple(class_names),
+                    image_shape=IMAGE_SHAPE, schema_version=SCHEMA_VERSION,
+                    provenance=data['provenance'],
+                    splits={name: _parse_split(name, split)
+                            for name, split in data['splits'].items()})
+
+
+def _parse_split(name: str, data) -> Split:
+    where = f'splits.{name}'
+    if name not in SPLITS:
+        raise ManifestError(f'{where}: unknown split {name!r}, not one of {", ".join(SPLITS)}')
+    _check_object(data, where)
+    _check_keys(data, Split, where + '.')
+    num_examples = _count(data['num_examples'], f'{where}.num_examples')
+    class_counts = data['class_counts']
+    _check_object(class_counts, f'{where}.class_counts')
+    for class_name_, count in class_counts.items():
+        _count(count, f'{where}.class_counts.{class_name_}')
+    if not isinstance(data['shards'], list):
+        raise ManifestError(f'{where}.shards must be a list, not {_shown(data["shards"])}')
+    shards = tuple(_parse_shard(name, f'{where}.shards[{index}]', shard)
+                   for index, shard in enumerate(data['shards']))
+    in_shards = sum(shard.num_examples for shard in shards)
+    if in_shards != num_examples:
+        raise ManifestError(f'{where}.num_examples is {num_examples}, but the num_examples of '
+                            f'its shards add up to {in_shards}')
+    if sum(class_counts.values()) != num_examples:
+        raise ManifestError(f'{where}.class_counts add up to {sum(class_counts.values())}, '
+                            f'not its num_examples {num_examples}')
+    return Split(num_examples, class_counts, shards)
+
+
+def _parse_shard(split: str, where: str, data) -> Shard:
+    _check_object(data, where)
+    _check_keys(data, Shard, where + '.')
+    name = data['name']
+    if not (isinstance(name, str) and is_shard_file(name) and name.startswith(f'{split}-')
+            and not name.endswith(PARTIAL_SUFFIX)):
+        raise ManifestError(f'{where}.name is {_shown(name)}, not the name of a {split} shard '
+                            f'(like {shard_name(split, 0, 1)})')
+    if not (isinstance(data['sha256'], str) and _SHA256.fullmatch(data['sha256'])):
+        raise ManifestError(f'{where}.sha256 is {_shown(data["sha256"])}, not 64 hex digits')
+    return Shard(name, _count(data['num_examples'], f'{where}.num_examples'),
+                 _count(data['num_bytes'], f'{where}.num_bytes'), data['sha256'])
+
+
+def _check_object(value, where: str) -> None:
+    if not isinstance(value, dict):
+        raise ManifestError(f'{where} must be a JSON object, not {_shown(value)}')
+
+
+def _check_keys(data: dict, fields_of, prefix: str) -> None:
+    """Exactly the keys of the dataclass `fields_of`; names the first missing or unknown."""
+    expected = [field.name for field in dataclasses.fields(fields_of)]
+    missing = [key for key in expected if key not in data]
+    if missing:
+        raise ManifestError(f'lacks the key {prefix}{missing[0]}')
+    unknown = [key for key in data if key not in expected]
+    if unknown:
+        raise ManifestError(f'has an unknown key {prefix}{unknown[0]} (the keys there are '
+                            f'{", ".join(expected)})')
+
+
+def _count(value, where: str) -> int:
+    # bool is an int to Python; `true` is no count.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ManifestError(f'{where} must be a whole number of at least 0, not {_shown(value)}')
+    return value
+
+
+def _shown(value, limit: int = 60) -> str:
+    """A JSON value as the file has it, cut short to keep the message one line."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
 def manifest_path(records_dir: str) -> str:
@@ -219,22 +330,28 @@ def manifest_path(records_dir: str) -> str:
 
 
 def load_manifest(records_dir: str) -> Manifest:
-    """Reads `manifest.json`, or says clearly that the folder holds no records."""
+    """Reads `manifest.json`, checked against its schema (`parse_manifest`).
+
+    Raises:
+        UserInputError: the folder holds no manifest, or one naming its
+            first fault: not JSON, another schema version, a key missing,
+            unknown or of the wrong type, counts that do not add up.
+    """
     path = manifest_path(records_dir)
     if not tf.io.gfile.exists(path):
         raise UserInputError(
             f'{path} not found: {records_dir} holds no finished records '
             '(run scripts/convert.py first)')
+    with tf.io.gfile.GFile(path, 'rb') as file:
+        data = file.read()
     try:
-        with tf.io.gfile.GFile(path, 'r') as file:
-            manifest = Manifest.from_json(file.read())
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserInputError(f'{path} is not a valid manifest: {error}') from error
-    if manifest.schema_version != SCHEMA_VERSION:
-        raise UserInputError(
-            f'{path} has schema version {manifest.schema_version}, this code reads '
-            f'version {SCHEMA_VERSION}: convert the data again')
-    return manifest
+        return Manifest.from_json(data.decode('utf-8'))
+    except UnicodeDecodeError as error:
+        raise UserInputError(f'{path} is not UTF-8 text: {error}') from None
+    except json.JSONDecodeError as error:
+        raise UserInputError(f'{path} is not valid JSON: {error}') from None
+    except ManifestError as error:
+        raise UserInputError(f'{path}: {error}') from None
 
 
 def write_manifest(records_dir: str, manifest: Manifest) -> None:
@@ -263,8 +380,27 @@ def shard_paths(records_dir: str, split: str, manifest: Manifest | None = None) 
     if split not in manifest.splits:
         raise UserInputError(
             f'split {split!r} is not in {manifest_path(records_dir)}; it has: '
-            f'{", ".join(manifest.splits)}')
+            f'{", ".join(manifest.splits) or "no splits"}')
     return [os.path.join(records_dir, shard.name) for shard in manifest.splits[split].shards]
+
+
+def present_shard_paths(records_dir: str, split: str, manifest: Manifest) -> list[str]:
+    """`shard_paths`, each checked to exist with the size the manifest gives.
+
+    A stat per shard, no read: cheap enough to check before anything is
+    written. `verify` rereads them.
+    """
+    paths = shard_paths(records_dir, split, manifest)
+    for path, shard in zip(paths, manifest.splits[split].shards):
+        if not tf.io.gfile.exists(path):
+            raise UserInputError(
+                f'shard {path} is listed in {manifest_path(records_dir)} but missing')
+        size = tf.io.gfile.stat(path).length
+        if size != shard.num_bytes:
+            raise UserInputError(
+                f'shard {path} has the wrong size ({size} bytes, {manifest_path(records_dir)} '
+                f'says {shard.num_bytes}): corrupt or changed')
+    return paths
 
 
 # ----------------------------------------------------------------------------
@@ -344,31 +480,35 @@ def verify(records_dir: str) -> dict[str, int]:
         class_counts = dict.fromkeys(split.class_counts, 0)
         for shard in split.shards:
             path = os.path.join(records_dir, shard.name)
-            labels = _verify_shard(path, shard, manifest.encoding)
+            labels = _verify_shard(path, shard, manifest.encoding, manifest_path(records_dir))
             for label in labels:
                 name = class_name(label)
                 class_counts[name] = class_counts.get(name, 0) + 1
         if class_counts != split.class_counts:
             raise UserInputError(
-                f'{split_name}: class counts {class_counts} differ from the '
-                f'manifest {split.class_counts}')
+                f'the {split_name} shards hold the class counts {class_counts}, '
+                f'{manifest_path(records_dir)} says {split.class_counts}')
         counts[split_name] = sum(class_counts.values())
     return counts
 
 
-def _verify_shard(path: str, shard: Shard, encoding: str) -> np.ndarray:
+def _verify_shard(path: str, shard: Shard, encoding: str, manifest: str) -> np.ndarray:
     if not tf.io.gfile.exists(path):
-        raise UserInputError(f'shard {path} is listed in the manifest but missing')
+        raise UserInputError(f'shard {path} is listed in {manifest} but missing')
     digest, num_bytes = file_digest(path)
     if (digest, num_bytes) != (shard.sha256, shard.num_bytes):
         raise UserInputError(
-            f'shard {path} does not match its manifest checksum (corrupt or changed)')
-    labels = np.concatenate(
-        [batch['label'] for batch in _read_batches([path], encoding, 4096)] or [[]])
+            f'shard {path} does not match its size and sha256 in {manifest} '
+            '(corrupt or changed)')
+    try:
+        labels = np.concatenate(
+            [batch['label'] for batch in _read_batches([path], encoding, 4096)] or [[]])
+    except tf.errors.OpError as error:  # Whole by its checksum, yet not records of this encoding.
+        raise UserInputError(f'shard {path} does not hold {encoding} records: '
+                             f'{error.message.splitlines()[0]}') from None
     if len(labels) != shard.num_examples:
         raise UserInputError(
-            f'shard {path} holds {len(labels)} records, the manifest says '
-            f'{shard.num_examples}')
+            f'shard {path} holds {len(labels)} records, {manifest} says {shard.num_examples}')
     return labels
 
 

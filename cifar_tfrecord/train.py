@@ -60,6 +60,7 @@ def train(config: TrainConfig) -> dict | None:
     config.validate()
     # Every check that can fail comes before the first file is written.
     manifest = records.load_manifest(config.input.records_dir)
+    check_shards(config.input.records_dir, manifest)
     model_lib.check_weights(config.weights)
     state = resume_state(config, manifest)
     if state.finished:
@@ -145,6 +146,14 @@ def count_steps(config: TrainConfig, manifest: records.Manifest,
             f'--batch_size={config.input.batch_size} is larger than the {train_count} '
             'training images')
     return steps_per_epoch
+
+
+def check_shards(records_dir: str, manifest: records.Manifest) -> None:
+    """Every shard of the manifest present with its size, train and validation
+    among them: a stat each, so a missing shard stops the run before it
+    writes, not when its split is first read."""
+    for split in dict.fromkeys(['train', 'validation', *manifest.splits]):
+        records.present_shard_paths(records_dir, split, manifest)
 
 
 def seed_everything(config: TrainConfig) -> None:

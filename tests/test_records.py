@@ -1,8 +1,10 @@
 """The schema, the shard writer, the manifest, read_split and verify."""
 
+import collections
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import tensorflow as tf
 
 from cifar_tfrecord import records
 from cifar_tfrecord.errors import UserInputError
+from conftest import run_script
 
 
 def _image(seed: int) -> np.ndarray:
@@ -73,7 +76,7 @@ def _write_records_dir(directory, encoding='raw', count=10, num_shards=3):
         records.write_partial_shard(path, [serialized[i] for i in part])
         shards.append(records.describe_partial_shard(path, len(part)))
         records.publish(path)
-    counts = {records.CLASS_NAMES[index % 10]: 1 for index in range(count)}
+    counts = collections.Counter(records.CLASS_NAMES[index % 10] for index in range(count))
     manifest = records.Manifest(
         encoding, {'train': records.Split(count, dict(sorted(counts.items())), tuple(shards))},
         provenance={'test': True})
@@ -151,3 +154,130 @@ def test_fingerprint_follows_the_records_not_their_folder_or_provenance(tmp_path
     assert records.load_manifest(other).fingerprint() != fingerprint
     renamed = dataclasses.replace(records.load_manifest(first), class_names=('a',) * 10)
     assert renamed.fingerprint() != fingerprint
+
+
+# ----------------------------------------------------------------------------
+# A hand-edited manifest.json, through every script that reads it: one line
+# naming the file and the key, exit status 1, nothing written.
+
+
+def _edit(change):
+    """A spoiling of a records folder: `change(manifest)` edits its JSON in place."""
+    def spoil(folder):
+        path = folder / 'manifest.json'
+        manifest = json.loads(path.read_text())
+        change(manifest)
+        path.write_text(json.dumps(manifest, indent=2))
+    return spoil
+
+
+def _truncate(folder):
+    path = folder / 'manifest.json'
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _remove_shards(folder):
+    """A shard of every split: each script reads some of the splits."""
+    for split in records.SPLITS:
+        (folder / records.shard_name(split, 1, 4)).unlink()
+
+
+def _shard(manifest, index=0):
+    return manifest['splits']['train']['shards'][index]
+
+
+BAD_MANIFESTS = {
+    # name: (spoiling, what the one line says after "error: <folder>/")
+    'truncated': (_truncate, 'manifest.json is not valid JSON: '),
+    'not_utf8': (lambda folder: (folder / 'manifest.json').write_bytes(b'{"\xff": 1}'),
+                 'manifest.json is not UTF-8 text: '),
+    'a_list': (lambda folder: (folder / 'manifest.json').write_text('[1, 2]'),
+               'manifest.json: the manifest must be a JSON object, not [1, 2]'),
+    'missing_key': (_edit(lambda manifest: manifest['splits']['train'].pop('class_counts')),
+                    'manifest.json: lacks the key splits.train.class_counts'),
+    'unknown_key': (_edit(lambda manifest: manifest.update(comment='mine')),
+                    'manifest.json: has an unknown key comment (the keys there are encoding, '
+                    'splits, provenance, class_names, image_shape, schema_version)'),
+    'schema_version': (_edit(lambda manifest: manifest.update(schema_version=2)),
+                       'manifest.json: schema_version is 2, this code reads version 1: '
+                       'convert the data again'),
+    'split_count': (_edit(lambda manifest: manifest['splits']['train'].update(num_examples=49)),
+                    'manifest.json: splits.train.num_examples is 49, but the num_examples of '
+                    'its shards add up to 60'),
+    'shard_count': (_edit(lambda manifest: _shard(manifest).update(num_examples=1)),
+                    'manifest.json: splits.train.num_examples is 60, but the num_examples of '
+                    'its shards add up to 46'),
+    'string_count': (_edit(lambda manifest: _shard(manifest).update(num_bytes='1200')),
+                     'manifest.json: splits.train.shards[0].num_bytes must be a whole number '
+                     'of at least 0, not "1200"'),
+    'shard_outside': (_edit(lambda manifest: _shard(manifest).update(name='../train.tfrecord')),
+                      'manifest.json: splits.train.shards[0].name is "../train.tfrecord", not '
+                      'the name of a train shard (like train-00000-of-00001.tfrecord)'),
+    'encoding': (_edit(lambda manifest: manifest.update(encoding='jpeg')),
+                 'manifest.json: encoding is "jpeg", not one of raw, png'),
+    'missing_shard': (_remove_shards, '-00001-of-00004.tfrecord is listed in {manifest} but '
+                                      'missing'),
+}
+MANIFEST_READERS = {
+    'train': lambda records_dir, run: [
+        f'--records_dir={records_dir}', f'--model_dir={run}', '--weights=none',
+        '--image_size=32'],
+    'evaluate': lambda records_dir, run: [f'--records_dir={records_dir}', f'--model_dir={run}'],
+    'predict': lambda records_dir, run: [f'--records_dir={records_dir}', f'--model_dir={run}'],
+    'convert': lambda records_dir, run: ['--verify', f'--output_dir={records_dir}'],
+}
+
+
+def listing(folder) -> dict[str, bytes]:
+    """Every file under a folder, with its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes()
+            for path in sorted(folder.rglob('*')) if path.is_file()}
+
+
+def error_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+
+
+@pytest.mark.parametrize('script', MANIFEST_READERS)
+@pytest.mark.parametrize('case', BAD_MANIFESTS)
+def test_a_hand_edited_manifest_is_one_line_naming_it_and_nothing_is_written(
+        sample_records, tmp_path, capsys, case, script):
+    spoil, message = BAD_MANIFESTS[case]
+    records_dir = tmp_path / 'records'
+    shutil.copytree(sample_records, records_dir)
+    spoil(records_dir)
+    # A run folder as far as evaluate.py and predict.py look before the
+    # records: a model file (never loaded) and no config.json.
+    run = tmp_path / 'run'
+    if script in ('evaluate', 'predict'):
+        run.mkdir()
+        (run / 'final.keras').write_bytes(b'a model')
+    before = listing(tmp_path)
+    assert run_script(script, *MANIFEST_READERS[script](records_dir, run)) == 1
+    [error] = error_lines(capsys)
+    message = message.format(manifest=records_dir / 'manifest.json')
+    if case == 'missing_shard':
+        assert error.startswith(f'error: shard {records_dir}/') and error.endswith(message)
+    else:
+        assert error.startswith(f'error: {records_dir}/{message}'), error
+    assert listing(tmp_path) == before
+
+
+def test_verify_finds_counts_edited_to_add_up(sample_records, tmp_path, capsys):
+    """Counts changed alike in a shard, its split and a class load fine (they
+    add up); rereading the shard finds them false."""
+    records_dir = tmp_path / 'records'
+    shutil.copytree(sample_records, records_dir)
+    path = records_dir / 'manifest.json'
+    manifest = json.loads(path.read_text())
+    train = manifest['splits']['train']
+    shard = train['shards'][0]
+    shard['num_examples'] -= 1
+    train['num_examples'] -= 1
+    train['class_counts']['airplane'] -= 1
+    path.write_text(json.dumps(manifest))
+    assert records.load_manifest(str(records_dir)).splits['train'].num_examples == 59
+    assert run_script('convert', '--verify', f'--output_dir={records_dir}') == 1
+    assert error_lines(capsys) == [
+        f'error: shard {records_dir / shard["name"]} holds {shard["num_examples"] + 1} records, '
+        f'{path} says {shard["num_examples"]}']
