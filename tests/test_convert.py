@@ -1,13 +1,16 @@
 """The converter, driven through scripts/convert.py's flags."""
 
 import collections
+import dataclasses
 import hashlib
 import io
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import zipfile
 
 import numpy as np
@@ -16,6 +19,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, PngImagePlugin
 
+from cifar_tfrecord import archive
 from cifar_tfrecord import convert as convert_lib
 from cifar_tfrecord import faults
 from cifar_tfrecord import progress
@@ -510,6 +514,223 @@ def test_missing_kaggle_credentials_via_the_flag(tmp_path, monkeypatch, capsys):
     assert run_script('convert', '--source=kaggle', f'--download_dir={tmp_path / "dl"}',
                       f'--output_dir={tmp_path / "records"}') == 1
     assert 'no Kaggle credentials found' in capsys.readouterr().err
+    assert not (tmp_path / 'records').exists()
+
+
+# ----------------------------------------------------------------------------
+# Hostile input: a decompression bomb, input over a limit, a CSV that is not
+# UTF-8, a 7z process that dies. Each is one line naming the file, exit
+# status 1, no output and no temporary file, and the input as it was.
+
+# The issue's bomb: train/7.png of 2 GB of zeros, about 300 KB compressed.
+_BOMB_BYTES = 2 << 30
+# The converting process and its 7z process peak under this while refusing
+# the bomb: here 0.6 to 0.7 GB, what importing TensorFlow alone takes
+# (README, "Hostile input"). Half the bomb: a converter that decompressed it
+# could not stay under.
+_BOMB_MEMORY_BOUND = _BOMB_BYTES // 2
+
+
+@pytest.fixture(scope='module')
+def bomb_data(tmp_path_factory, small_sample):
+    """A folder holding a cifar-10.zip whose train.7z holds train/7.png of
+    _BOMB_BYTES zeros beside the sample's other PNGs; every id has a row."""
+    train, labels, test = small_sample
+    folder = tmp_path_factory.mktemp('bomb')
+    zeros = folder / 'zeros'
+    with open(zeros, 'wb') as file:
+        file.truncate(_BOMB_BYTES)  # Sparse: no disk space, read fast.
+    seven_zip = folder / 'train.7z'
+    # LZMA2's fastest preset compresses zeros as well as its best, in a third of the time.
+    with py7zr.SevenZipFile(seven_zip, 'w',
+                            filters=[{'id': py7zr.FILTER_LZMA2, 'preset': 0}]) as archive:
+        for image_id, png in train.items():
+            if image_id != '7':
+                archive.writestr(png, f'train/{image_id}.png')
+        archive.write(zeros, 'train/7.png')
+    zeros.unlink()
+    data = folder / 'data'
+    data.mkdir()
+    with zipfile.ZipFile(data / 'cifar-10.zip', 'w') as outer:
+        outer.write(seven_zip, 'train.7z')
+        outer.writestr(sources.LABELS_CSV, sample.labels_csv(labels))
+        outer.writestr('test.7z', sample.make_7z(test, 'test'))
+    seven_zip.unlink()
+    return data
+
+
+def _run_measuring_memory(command: list[str], env: dict) -> tuple[int, str, int]:
+    """Runs a command to its end.
+
+    Returns:
+        Its exit status, its stderr, and the peak resident memory, in bytes,
+        of the largest of it and the processes it started (Linux's wait4
+        counts those it waited for).
+    """
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stderr.seek(0)
+        return process.returncode, stderr.read().decode(errors='replace'), usage.ru_maxrss << 10
+
+
+def test_decompression_bomb_is_refused_before_decompressing(bomb_data, tmp_path):
+    with zipfile.ZipFile(bomb_data / 'cifar-10.zip') as outer, \
+            py7zr.SevenZipFile(outer.open('train.7z')) as seven_zip:
+        declared = {entry.filename: entry.uncompressed for entry in seven_zip.list()}
+    assert declared['train/7.png'] == _BOMB_BYTES
+    source_before = _tree_digest(bomb_data)
+    output, temporary = tmp_path / 'records', tmp_path / 'temporary'
+    temporary.mkdir()
+    status, stderr, peak_bytes = _run_measuring_memory(
+        [sys.executable, os.path.join(REPOSITORY, 'scripts', 'convert.py'), '--source=dir',
+         f'--data_dir={bomb_data}', f'--output_dir={output}'],
+        env=dict(os.environ, TMPDIR=str(temporary)))
+    assert status == 1, stderr[-2000:]
+    assert 'Traceback' not in stderr
+    # The declared size, and the limit: refused on the header, before any decompression.
+    assert stderr.strip().splitlines()[-1] == (
+        f"error: {bomb_data / 'train.7z'}: entry 'train/7.png' declares 2,147,483,648 bytes, "
+        f'more than the {sources.MAX_IMAGE_BYTES:,} a 32x32 PNG may take')
+    assert not output.exists()
+    assert not os.listdir(temporary)
+    assert _tree_digest(bomb_data) == source_before
+    assert peak_bytes < _BOMB_MEMORY_BOUND, f'the converter peaked at {peak_bytes:,} bytes'
+
+
+def _latin1_labels(labels: dict, encoding: str) -> tuple[bytes, int, int]:
+    """trainLabels.csv as a spreadsheet saves it in `encoding`, with 'Café'
+    in an extra column of one row: (the file, that row's line, the byte of é
+    in that line, counted from 1)."""
+    lines = sample.labels_csv(labels).splitlines()
+    line_number = 4
+    lines[line_number - 1] += ',Café'
+    byte = len(lines[line_number - 1])  # é ends the line, and takes one byte.
+    return ('\r\n'.join(lines) + '\r\n').encode(encoding), line_number, byte
+
+
+def _write_kaggle_zip_with_csv(zip_path, small_sample, csv_bytes: bytes) -> None:
+    train, _, test = small_sample
+    with zipfile.ZipFile(zip_path, 'w') as outer:
+        outer.writestr('train.7z', sample.make_7z(train, 'train'))
+        outer.writestr(sources.LABELS_CSV, csv_bytes)
+        outer.writestr('test.7z', sample.make_7z(test, 'test'))
+
+
+@pytest.mark.parametrize('layout', ['zip', 'extracted'])
+@pytest.mark.parametrize('encoding', ['latin-1', 'cp1252'])
+def test_labels_csv_not_in_utf8_is_one_line_naming_line_and_byte(tmp_path, small_sample, capsys,
+                                                                  layout, encoding):
+    csv_bytes, line, byte = _latin1_labels(small_sample[1], encoding)
+    data = tmp_path / 'data'
+    if layout == 'zip':
+        data.mkdir()
+        _write_kaggle_zip_with_csv(data / 'cifar-10.zip', small_sample, csv_bytes)
+    else:
+        _extracted_folder(data, small_sample)
+        (data / sources.LABELS_CSV).write_bytes(csv_bytes)
+    source_before = _tree_digest(data)
+    capsys.readouterr()
+    assert convert(data, tmp_path / 'records') == 1
+    errors = capsys.readouterr().err
+    assert 'Traceback' not in errors
+    assert errors.strip().splitlines()[-1] == (
+        f'error: {data / sources.LABELS_CSV}: line {line}, byte {byte} (0xe9) is not UTF-8; '
+        'save the file as UTF-8 (a spreadsheet\'s "CSV UTF-8")')
+    assert not (tmp_path / 'records').exists()
+    assert _tree_digest(data) == source_before
+
+
+def _zip_of_extracted_pngs(folder, small_sample):
+    """A zip holding train/<id>.png and the CSV, as a user may re-zip them."""
+    train, labels, _ = small_sample
+    folder.mkdir()
+    with zipfile.ZipFile(folder / 'cifar-10.zip', 'w') as outer:
+        for image_id, png in train.items():
+            outer.writestr(f'train/{image_id}.png', png)
+        outer.writestr(sources.LABELS_CSV, sample.labels_csv(labels))
+    return folder
+
+
+def _over_limit_cases(data) -> dict:
+    """name: (layout, {limit: small value}, the error line after 'error: ')."""
+    zip_path = re.escape(str(data / 'cifar-10.zip'))
+    train_7z = re.escape(str(data / 'train.7z'))
+    small_archive_limits = dataclasses.replace(sources._ARCHIVE_LIMITS, entries=5)
+    return {
+        'csv over its size, in a zip': (
+            'zip', {'MAX_LABELS_BYTES': 50},
+            rf'{zip_path}: trainLabels.csv takes [\d,]+ bytes, more than the 50 this file may '
+            'take'),
+        'csv over its size, in a folder': (
+            'extracted', {'MAX_LABELS_BYTES': 50},
+            rf'{re.escape(str(data / sources.LABELS_CSV))} takes [\d,]+ bytes, more than the 50 '
+            'this file may take'),
+        'csv over its rows': (
+            'zip', {'MAX_IMAGES': 5},
+            rf'{re.escape(str(data / sources.LABELS_CSV))}: more than 5 rows, the most a set '
+            'may have'),
+        'zip over its entries': (
+            'zip', {'MAX_ZIP_ENTRIES': 3},
+            rf'{zip_path} holds 4 entries, more than the 3 a Kaggle layout may have'),
+        '7z archive in the zip over its size': (
+            'zip', {'MAX_SET_BYTES': 1000},
+            rf"{train_7z} takes [\d,]+ bytes, more than the 1,000 a set's 7z archive may take"),
+        '7z archive over its entries': (
+            'zip', {'_ARCHIVE_LIMITS': small_archive_limits},
+            rf'{train_7z}: it holds {IMAGES_PER_CLASS * 10} entries, more than the 5 a set '
+            'may have'),
+        'png in the zip over its size': (
+            'zipped pngs', {'MAX_IMAGE_BYTES': 100},
+            rf'{zip_path}: train/\d+\.png takes [\d,]+ bytes, more than the 100 this file may '
+            'take'),
+    }
+
+
+@pytest.mark.parametrize('case', ['csv over its size, in a zip', 'csv over its size, in a folder',
+                                  'csv over its rows', 'zip over its entries',
+                                  '7z archive in the zip over its size',
+                                  '7z archive over its entries', 'png in the zip over its size'])
+def test_input_over_a_limit_is_refused_in_one_line(tmp_path, small_sample, capsys, monkeypatch,
+                                                   case):
+    """Each limit of sources.py, made small here: the real ones need inputs
+    of gigabytes or of a million entries."""
+    data = tmp_path / 'data'
+    layout, limits, message = _over_limit_cases(data)[case]
+    if layout == 'zip':
+        _bad_zip(data, small_sample)
+    elif layout == 'extracted':
+        _extracted_folder(data, small_sample)
+    else:
+        _zip_of_extracted_pngs(data, small_sample)
+    for name, value in limits.items():
+        monkeypatch.setattr(sources, name, value)
+    source_before = _tree_digest(data)
+    capsys.readouterr()
+    assert convert(data, tmp_path / 'records') == 1
+    errors = capsys.readouterr().err
+    assert 'Traceback' not in errors
+    assert re.fullmatch(f'error: {message}', errors.strip().splitlines()[-1]), errors[-500:]
+    assert not (tmp_path / 'records').exists()
+    assert _tree_digest(data) == source_before
+
+
+@pytest.mark.parametrize('code, message', [
+    ('import sys; print("Segmentation fault", file=sys.stderr); sys.exit(139)',
+     'the 7z process died (exit status 139): Segmentation fault'),
+    ('import os, sys; os.write(int(sys.argv[1]), b"\\xc8\\0\\0\\0\\x05hello")',
+     'the 7z process sent garbage (a frame of kind 200 and 5 bytes)'),
+], ids=['dies', 'garbage'])
+def test_a_7z_process_that_dies_or_sends_garbage_is_one_line(kaggle_zip, tmp_path, capsys,
+                                                            monkeypatch, code, message):
+    monkeypatch.setattr(archive, '_child_command', lambda path, member, frames_descriptor, limits:
+                        [sys.executable, '-c', code, str(frames_descriptor)])
+    capsys.readouterr()
+    assert convert(kaggle_zip, tmp_path / 'records') == 1
+    errors = capsys.readouterr().err
+    assert 'Traceback' not in errors
+    assert errors.strip().splitlines()[-1] == f'error: {kaggle_zip / "train.7z"}: {message}'
     assert not (tmp_path / 'records').exists()
 
 
