@@ -5,11 +5,12 @@ under XLA in TensorFlow 2.21: where a sample falls exactly on a source pixel,
 XLA takes the next one (tensorflow/tensorflow#118344, #118467). XLA is on by
 default on GPUs, so a model upsampling with it would train on other images
 than its exported SavedModel, which runs without XLA, is given. The same
-interpolation written as matrix products is computed exactly by any backend,
-and the host pipeline and the model use the same matrices, so the two paths
-give the same numbers.
+interpolation written as matrix products is computed exactly by any backend.
+The host pipeline, which XLA never compiles, keeps TensorFlow's resize,
+faster there; the two agree to float32 rounding.
 
-Numpy only: both the input pipeline and the model read it.
+Numpy only: the model builds its layers from it, and tests compare it with
+TensorFlow's resize.
 """
 
 import numpy as np

@@ -22,7 +22,6 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from cifar_tfrecord import interpolation
 from cifar_tfrecord import records
 from cifar_tfrecord.config import InputConfig
 from cifar_tfrecord.errors import UserInputError
@@ -86,22 +85,19 @@ def one_hot(labels: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
 
 
 def upsample(images: tf.Tensor, size: int, method: str) -> tf.Tensor:
-    """Images [n, 32, 32, c] to [n, size, size, c]: bilinear (float), or pixel
-    repetition (any dtype).
+    """Images [n, 32, 32, c] to [n, size, size, c]: bilinear (float32), or
+    pixel repetition (any dtype).
 
-    Bilinear as two products with fixed matrices (`interpolation`), the
-    model's own way, so host and device upsampling agree.
+    TensorFlow's bilinear resize: tf.data runs it without XLA, where it is
+    right (the model, which XLA may compile, multiplies by the same weights
+    as matrices: `interpolation`), and 8x faster here than those products.
     """
     if size == images.shape[1]:
         return images
     if method == 'repeat':
         factor = size // images.shape[1]
         return tf.repeat(tf.repeat(images, factor, axis=1), factor, axis=2)
-    if not images.dtype.is_floating:
-        images = tf.cast(images, tf.float32)  # As tf.image.resize returns them.
-    matrix = tf.constant(interpolation.bilinear_matrix(images.shape[1], size), images.dtype)
-    along_height = tf.einsum(interpolation.ALONG_HEIGHT, images, matrix)
-    return tf.einsum(interpolation.ALONG_WIDTH, along_height, matrix)
+    return tf.image.resize(images, [size, size], method='bilinear')
 
 
 # ----------------------------------------------------------------------------

@@ -102,9 +102,13 @@ def test_missing_weights_file_is_refused():
 def test_in_model_preprocessing_matches_the_pipeline(normalization, size, method):
     preprocessing = model_lib.build_preprocessing(normalization, size, method)
     expected = pipeline.upsample(pipeline.normalize(IMAGES, normalization), size, method)
-    # Exactly: the same TensorFlow ops on the same float32 values (the
-    # channel swap multiplies integers by 1 and 0, and the mean is added after).
-    np.testing.assert_array_equal(np.array(preprocessing(IMAGES)), np.array(expected))
+    # Exactly but for bilinear weights: the same TensorFlow ops on the same
+    # float32 values (the channel swap multiplies integers by 1 and 0, and
+    # the mean is added after). The model multiplies by bilinear weights as
+    # matrices, the host resizes: float32 rounding of caffe's -124..152.
+    tolerance = 2e-3 if method == 'bilinear' and size != 32 else 0
+    np.testing.assert_allclose(np.array(preprocessing(IMAGES)), np.array(expected), rtol=0,
+                               atol=tolerance)
 
 
 def test_preprocessing_runs_in_float32_under_mixed_precision_and_never_trains():
@@ -118,7 +122,8 @@ def test_preprocessing_runs_in_float32_under_mixed_precision_and_never_trains():
         model_lib.set_backbone_trainable(model, trainable, pretrained=False)
         assert not set(map(id, preprocessing.weights)) & set(map(id, model.trainable_weights))
     expected = pipeline.upsample(pipeline.normalize(IMAGES, 'caffe'), 64, 'bilinear')
-    np.testing.assert_array_equal(np.array(preprocessing(IMAGES)), np.array(expected))
+    np.testing.assert_allclose(np.array(preprocessing(IMAGES)), np.array(expected), rtol=0,
+                               atol=2e-3)
 
 
 def test_a_model_of_host_prepared_images_gets_the_same_preprocessing():

@@ -384,16 +384,22 @@ def test_temporary_files_stay_under_pytests_folder(_temporary_files_under_pytest
                for name in os.listdir(_temporary_files_under_pytest))
 
 
-def test_bilinear_upsampling_is_tensorflows_resize_as_matrix_products():
+def test_bilinear_matrices_are_tensorflows_resize_with_and_without_xla():
     images = tf.constant(IMAGES, tf.float32)
     for size in (33, 64, 96, 224):
         expected = tf.image.resize(images, [size, size], method='bilinear').numpy()
-        upsampled = pipeline.upsample(images, size, 'bilinear').numpy()
+        np.testing.assert_array_equal(pipeline.upsample(images, size, 'bilinear').numpy(),
+                                      expected)
+        matrix = tf.constant(interpolation.bilinear_matrix(32, size))
+
+        def products(batch):
+            along_height = tf.einsum(interpolation.ALONG_HEIGHT, batch, matrix)
+            return tf.einsum(interpolation.ALONG_WIDTH, along_height, matrix)
+
         # The same weights, summed in another order: float32 rounding of 0..255 values.
-        np.testing.assert_allclose(upsampled, expected, rtol=0, atol=2e-3)
-        xla = tf.function(lambda batch: pipeline.upsample(batch, size, 'bilinear'),
-                          jit_compile=True)(images).numpy()
-        np.testing.assert_allclose(xla, expected, rtol=0, atol=2e-3)
+        for compiled in (False, True):
+            upsampled = tf.function(products, jit_compile=compiled)(images).numpy()
+            np.testing.assert_allclose(upsampled, expected, rtol=0, atol=2e-3)
     weights = interpolation.bilinear_matrix(32, 224)
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-6)
     assert (weights >= 0).all() and (np.count_nonzero(weights, axis=1) <= 2).all()

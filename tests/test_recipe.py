@@ -337,8 +337,9 @@ def preprocessing_224():
 
 # With XLA, bilinear upsampling is the case to watch: TensorFlow 2.21's XLA
 # resizes 32 to 224 px from the wrong source pixel in rows and columns 3, 10,
-# ..., 220 (tensorflow/tensorflow#118344), which is why the model and the
-# host upsample by fixed matrix products instead (cifar_tfrecord/interpolation.py).
+# ..., 220 (tensorflow/tensorflow#118344), which is why the model upsamples
+# by fixed matrix products instead (cifar_tfrecord/interpolation.py); the
+# host, never compiled by XLA, keeps TensorFlow's resize.
 @pytest.mark.parametrize('method, jit_compile', [
     ('bilinear', False), ('repeat', False), ('repeat', True), ('bilinear', True)])
 def test_upsampling_to_224_in_the_model_equals_the_host_pipeline(preprocessing_224, method,
@@ -354,7 +355,7 @@ def test_upsampling_to_224_in_the_model_equals_the_host_pipeline(preprocessing_2
     labels = tf.zeros([BATCH_SIZE], tf.int64)
     on_host, _ = next(iter(tf.data.Dataset.from_tensors((IMAGES, labels)).map(host_pipeline)))
     assert in_model.shape == on_host.shape == (BATCH_SIZE, 224, 224, 3)
-    # Without XLA, exactly: the same TensorFlow kernels on the same float32
-    # values (caffe: -124 to 152). XLA adds in its own order: 2e-5 at 64 px.
+    # Repetition exactly; bilinear to float32 rounding of caffe's -124 to 152
+    # (the model's matrix products add in another order than the resize).
     np.testing.assert_allclose(np.array(in_model), on_host.numpy(), rtol=0,
-                               atol=1e-3 if jit_compile else 0)
+                               atol=2e-3 if method == 'bilinear' else 0)
