@@ -12,6 +12,8 @@ import io
 import json
 import os
 import posixpath
+import re
+import warnings
 
 import keras
 import numpy as np
@@ -289,6 +291,12 @@ def predict_submission(model_dir: str, model: str, records_dir: str, output: str
 # Your own images.
 
 IMAGE_FORMATS = ('PNG', 'JPEG')
+# The largest image read, as its header declares it: a 100-megapixel photo
+# decodes to 300 MB. Larger ones are refused before decoding, as a file of a
+# few kilobytes can declare billions of pixels (a decompression bomb).
+MAX_IMAGE_PIXELS = 100_000_000
+# Of the files that cannot be read, how many the error line names.
+UNREADABLE_NAMED = 3
 # The files a folder given to --images contributes; named files and glob
 # matches are read whatever their names.
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
@@ -327,20 +335,49 @@ def load_image_for_model(path: str) -> np.ndarray:
         raise UnreadableImageError(path, 'no such file')
     if tf.io.gfile.isdir(path):
         raise UnreadableImageError(path, 'is a folder')
-    with tf.io.gfile.GFile(path, 'rb') as file:
-        data = file.read()
-    try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-            image.load()
-            image = _to_rgb(image)
-    except UnidentifiedImageError as error:
-        raise UnreadableImageError(path, 'not a PNG or JPEG image') from error
-    except Exception as error:  # PIL's decoders fail in many ways: OSError, SyntaxError ...
-        first_line = str(error).strip().split('\n', 1)[0]
-        raise UnreadableImageError(
-            path, f'unreadable image data ({type(error).__name__}: {first_line})') from error
+    if tf.io.gfile.stat(path).length == 0:
+        raise UnreadableImageError(path, 'an empty file')
+    # Read as the decoder asks: a large file that is no image costs its first bytes only.
+    with files.open_file(path) as file:
+        try:
+            with _open_image(path, file) as image:
+                image.load()
+                image = _to_rgb(image)
+        except UnreadableImageError:
+            raise
+        except UnidentifiedImageError as error:
+            raise UnreadableImageError(path, 'not a PNG or JPEG image') from error
+        except Exception as error:  # PIL's decoders fail in many ways: OSError, SyntaxError ...
+            first_line = str(error).strip().split('\n', 1)[0]
+            raise UnreadableImageError(
+                path, f'unreadable image data ({type(error).__name__}: {first_line})') from error
     height, width, _ = records.IMAGE_SHAPE
     return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+def _open_image(path: str, file) -> Image.Image:
+    """The image of a file, its header read and its size checked; not decoded."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns past its own limit; the size is checked below, against ours.
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            image = Image.open(file, formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as error:
+        # Past twice its limit Pillow refuses before we see the size; its
+        # message has the number of pixels.
+        pixels = re.search(r'\((\d+) pixels\)', str(error))
+        raise UnreadableImageError(path, _too_large(
+            f'{int(pixels[1]):,} pixels' if pixels else 'more pixels')) from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise UnreadableImageError(path, _too_large(f'{width:,} x {height:,} pixels'))
+    return image
+
+
+def _too_large(size: str) -> str:
+    return (f'declares {size}, over the {MAX_IMAGE_PIXELS:,} read here: refused before '
+            'decoding (a decompression bomb?)')
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -395,15 +432,26 @@ class ImagePrediction:
     error: str | None = None
 
 
-def classify_images(serving: keras.Model, paths: list[str],
-                    batch_size: int = 256) -> list[ImagePrediction]:
-    """Each file's top classes, in the order of `paths`; unreadable files say why."""
+def load_images(paths: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Each file as the model takes it (`load_image_for_model`), or why it cannot be."""
     images, errors = {}, {}
     for path in paths:
         try:
             images[path] = load_image_for_model(path)
         except UnreadableImageError as error:
             errors[path] = error.reason
+    return images, errors
+
+
+def classify_images(serving: keras.Model, paths: list[str],
+                    batch_size: int = 256) -> list[ImagePrediction]:
+    """Each file's top classes, in the order of `paths`; unreadable files say why."""
+    return classify_loaded(serving, paths, *load_images(paths), batch_size)
+
+
+def classify_loaded(serving: keras.Model, paths: list[str], images: dict[str, np.ndarray],
+                    errors: dict[str, str], batch_size: int = 256) -> list[ImagePrediction]:
+    """`classify_images` of the images and errors `load_images` gave."""
     probabilities = {}
     if images:
         batch = np.stack(list(images.values()))
@@ -412,6 +460,24 @@ def classify_images(serving: keras.Model, paths: list[str],
     return [ImagePrediction(path, top=_top_classes(probabilities[path]))
             if path in probabilities else ImagePrediction(path, error=errors[path])
             for path in paths]
+
+
+def describe_unreadable(errors: dict[str, str]) -> str:
+    """The first few unreadable files with their reasons, in one line."""
+    named = [f'{path}: {reason}' for path, reason in list(errors.items())[:UNREADABLE_NAMED]]
+    more = len(errors) - len(named)
+    return '; '.join(named) + (f'; and {more} more' if more else '')
+
+
+def unreadable_summary(predictions: list['ImagePrediction'], output: str) -> str | None:
+    """The error line of a classification some of whose files could not be
+    read; None when every file was classified."""
+    errors = {prediction.file: prediction.error for prediction in predictions
+              if prediction.error is not None}
+    if not errors:
+        return None
+    return (f'{len(errors)} of {len(predictions)} images could not be read '
+            f'({describe_unreadable(errors)}); their rows in {output} say why')
 
 
 def _top_classes(probabilities: np.ndarray) -> tuple[tuple[str, float], ...]:
@@ -457,12 +523,23 @@ def predict_images(model_dir: str, model: str, images: list[str], output: str | 
 
     Returns:
         The path written, and each file's prediction or error. Nothing is
-        written when a glob matches nothing or the model is missing.
+        written when a glob matches nothing, no file can be read, or the
+        model is missing.
+
+    Raises:
+        UserInputError: no file could be read, naming them and why; or a
+            glob, folder or model as `list_images` and `resolve_model` say.
     """
     model_path = resolve_model(model_dir, model)
     paths = list_images(images)
     output = output or run_folder.images_predictions(model_dir, model_path)
-    predictions = classify_images(load_serving_model(model_path), paths, batch_size)
+    loaded, errors = load_images(paths)  # Before the model: bad files fail fast.
+    if not loaded:
+        raise UserInputError(describe_unreadable(errors) if len(errors) == 1 else
+                             f'none of the {len(errors)} images could be read: '
+                             f'{describe_unreadable(errors)}')
+    predictions = classify_loaded(load_serving_model(model_path), paths, loaded, errors,
+                                  batch_size)
     write_image_predictions(output, predictions)
     return output, predictions
 

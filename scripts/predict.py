@@ -17,7 +17,10 @@ classes and writes --output, by default
 <model_dir>/image-predictions-<model>.csv, with the columns file, class_1,
 probability_1, class_2, probability_2, class_3, probability_3, error. A file
 that cannot be read gets its reason in its row, the others are classified,
-and the exit status is then 1. A glob that matches nothing writes nothing.
+and the exit status is then 1. When no file can be read (not an image,
+empty, truncated, missing, or declaring over 100 million pixels), or a glob
+matches nothing, or a folder holds no image, one line says why and nothing
+is written.
 Measured here: 20 images (ten 12-megapixel JPEG photos, ten PNG icons) with
 a 32 px model in 8 s, most of it starting TensorFlow and loading the model.
 """
@@ -47,10 +50,9 @@ def classify(config: PredictConfig) -> None:
         config.model_dir, config.model, list(config.images), config.output, config.batch_size)
     print(evaluate.format_image_table(predictions))
     print(f'wrote {path}: {len(predictions)} images, by {run_folder.model_name(config.model)}')
-    failed = sum(prediction.error is not None for prediction in predictions)
-    if failed:
-        raise UserInputError(f'{failed} of {len(predictions)} images could not be read; '
-                             f'their rows in {path} say why')
+    unreadable = evaluate.unreadable_summary(predictions, path)
+    if unreadable:
+        raise UserInputError(unreadable)
 
 
 if __name__ == '__main__':

@@ -15,7 +15,9 @@ import json
 import logging
 import os
 import shutil
+import struct
 import types
+import zlib
 
 import keras
 import numpy as np
@@ -373,8 +375,6 @@ def test_predict_classifies_own_images_and_names_the_unreadable(saved_run, own_i
     assert run_script('predict', f'--model_dir={run}', f'--images={folder},{missing}') == 1
     output = run / 'image-predictions-final.csv'
     captured = capsys.readouterr()
-    assert captured.err.strip().splitlines()[-1] == (
-        f'error: 3 of 7 images could not be read; their rows in {output} say why')
     rows = read_csv_rows(output)
     assert list(rows[0]) == ['file', 'class_1', 'probability_1', 'class_2', 'probability_2',
                              'class_3', 'probability_3', 'error']
@@ -388,6 +388,9 @@ def test_predict_classifies_own_images_and_names_the_unreadable(saved_run, own_i
         assert all(row[column] == '' for column in list(row)[1:-1])
     check_classified_rows(saved_run, 'final.keras',
                           [row for row in rows if row not in failed])
+    named = '; '.join(f'{row["file"]}: {row["error"]}' for row in failed)
+    assert [line for line in captured.err.splitlines() if line.startswith('error:')] == [
+        f'error: 3 of 7 images could not be read ({named}); their rows in {output} say why']
     assert set(listing(run)) - set(before) == {output.name}
     assert run_folder.is_run_file(output.name)  # A new run's --overwrite removes it.
     table = captured.out.splitlines()
@@ -419,6 +422,94 @@ def test_a_glob_matching_nothing_is_refused_and_nothing_written(saved_run, own_i
     assert run_script('predict', f'--model_dir={saved_run.path}',
                       f'--images={folder}/*.png,{folder}/*.gif') == 1
     assert error_lines(capsys) == [f'error: --images={folder}/*.gif: no file matches']
+    assert listing(saved_run.path) == before
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height grey pixels, with one row of data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack('>I', len(data)) + kind + data
+                + struct.pack('>I', zlib.crc32(kind + data)))
+    header = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
+    return (records.PNG_SIGNATURE + chunk(b'IHDR', header)
+            + chunk(b'IDAT', zlib.compress(bytes(1 + width))) + chunk(b'IEND', b''))
+
+
+def _write_whole_and_cut(name, image_format):
+    def write(folder):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(buffer, format=image_format)
+        whole = buffer.getvalue()
+        (folder / name).write_bytes(whole[:len(whole) // 2])
+        return folder / name
+    return write
+
+
+def _write_bytes(name, data):
+    def write(folder):
+        (folder / name).write_bytes(data)
+        return folder / name
+    return write
+
+
+def _corrupt_png(folder):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(buffer, format='PNG')
+    data = bytearray(buffer.getvalue())
+    data[60] ^= 0xFF  # Inside the compressed pixels.
+    (folder / 'corrupt.png').write_bytes(bytes(data))
+    return folder / 'corrupt.png'
+
+
+def _folder_without_images(folder):
+    (folder / 'notes').mkdir()
+    (folder / 'notes' / 'readme.txt').write_text('no images here\n')
+    return folder / 'notes'
+
+
+BOMB = ('declares {size}, over the 100,000,000 read here: refused before decoding '
+        '(a decompression bomb?)')
+BAD_IMAGES = {
+    # name: (writes the file into a folder and returns what --images gets, the one line)
+    'text': (_write_bytes('notes.png', b'not an image\n'), '{path}: not a PNG or JPEG image'),
+    'empty': (_write_bytes('empty.jpg', b''), '{path}: an empty file'),
+    'truncated_png': (_write_whole_and_cut('cut.png', 'PNG'),
+                      '{path}: unreadable image data (OSError: image file is truncated)'),
+    'truncated_jpeg': (_write_whole_and_cut('cut.jpg', 'JPEG'),
+                       '{path}: unreadable image data (OSError: Truncated File Read)'),
+    'corrupt_png': (_corrupt_png, '{path}: unreadable image data (OSError: '),
+    # Past twice Pillow's limit Pillow refuses; past ours, but under that, we do.
+    'bomb': (_write_bytes('bomb.png', png_declaring(50_000, 50_000)),
+             '{path}: ' + BOMB.format(size='2,500,000,000 pixels')),
+    'large': (_write_bytes('large.png', png_declaring(12_000, 9_000)),
+              '{path}: ' + BOMB.format(size='12,000 x 9,000 pixels')),
+    'missing': (lambda folder: folder / 'missing.png', '{path}: no such file'),
+    'no_images': (_folder_without_images, '--images={path}: a folder without PNG or JPEG files'),
+    'no_match': (lambda folder: folder / '*.gif', '--images={path}: no file matches'),
+}
+
+
+@pytest.mark.parametrize('case', BAD_IMAGES)
+def test_an_image_that_cannot_be_read_is_one_line_naming_it_and_nothing_is_written(
+        saved_run, tmp_path, capsys, case):
+    write, message = BAD_IMAGES[case]
+    path = write(tmp_path)
+    before = listing(saved_run.path)
+    assert run_script('predict', f'--model_dir={saved_run.path}', f'--images={path}') == 1
+    captured = capsys.readouterr()
+    [error] = [line for line in captured.err.splitlines() if line.startswith('error:')]
+    assert error.startswith('error: ' + message.format(path=path)), error
+    assert 'Traceback' not in captured.err and captured.out == ''
+    assert listing(saved_run.path) == before
+
+
+def test_when_no_image_can_be_read_the_line_names_each(saved_run, tmp_path, capsys):
+    paths = [write(tmp_path) for write, _ in (BAD_IMAGES['text'], BAD_IMAGES['empty'])]
+    before = listing(saved_run.path)
+    assert run_script('predict', f'--model_dir={saved_run.path}',
+                      f'--images={",".join(map(str, paths))}') == 1
+    assert error_lines(capsys) == [f'error: none of the 2 images could be read: {paths[0]}: not '
+                                   f'a PNG or JPEG image; {paths[1]}: an empty file']
     assert listing(saved_run.path) == before
 
 
