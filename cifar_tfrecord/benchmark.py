@@ -9,6 +9,8 @@ import dataclasses
 import functools
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import zipfile
@@ -37,6 +39,9 @@ class Result:
     baseline: str | None = None
     # This result's throughput over its baseline's (higher is faster).
     speedup: float | None = None
+    # For a measurement run in a process of its own: the peak resident
+    # memory of that process and of the processes it started, the largest.
+    peak_resident_bytes: int | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -46,7 +51,8 @@ class Result:
         return {'name': self.name, 'images_per_second': round(self.images_per_second, 1),
                 'seconds': round(self.seconds, 3), 'images': self.images,
                 'baseline': self.baseline,
-                'speedup': None if self.speedup is None else round(self.speedup, 3)}
+                'speedup': None if self.speedup is None else round(self.speedup, 3),
+                'peak_resident_bytes': self.peak_resident_bytes}
 
 
 def best_time(function: Callable[[], object], repeats: int) -> float:
@@ -73,9 +79,10 @@ def best_times_in_turns(functions: dict[str, Callable[[], object]],
     return seconds
 
 
-def relative(name: str, images: int, seconds: float, baseline: Result) -> Result:
+def relative(name: str, images: int, seconds: float, baseline: Result,
+             peak_resident_bytes: int | None = None) -> Result:
     speedup = baseline.seconds / seconds * images / baseline.images
-    return Result(name, images, seconds, baseline.name, speedup)
+    return Result(name, images, seconds, baseline.name, speedup, peak_resident_bytes)
 
 
 # ----------------------------------------------------------------------------
@@ -83,11 +90,15 @@ def relative(name: str, images: int, seconds: float, baseline: Result) -> Result
 
 
 def convert_suite(data_dir: str, repeats: int = 1) -> list[Result]:
-    """Conversion throughput from Kaggle's zip and from extracted PNGs.
+    """Conversion throughput from Kaggle's zip and from extracted PNGs, and
+    the converter's peak memory.
 
     Baselines: bare py7zr decompression of the same archives (the physical
     floor of the zip), and a plain PIL loop that loads every extracted PNG
-    into one numpy array.
+    into one numpy array. Memory is measured in processes of their own: the
+    converter's, against one that imports what the converter imports and
+    decompresses the same archives into nothing (the least a converter built
+    on TensorFlow and py7zr can take).
     """
     zip_path = sources.KaggleLayout(data_dir).path
     zip_path = zip_path if zip_path.endswith('.zip') else os.path.join(
@@ -110,7 +121,59 @@ def convert_suite(data_dir: str, repeats: int = 1) -> list[Result]:
         for encoding in ('raw', 'png'):
             name = f'convert_extracted_{encoding}'
             results.append(relative(name, images, seconds[name], pil_loop))
+        results += _memory_results(zip_path, work_dir, images, repeats)
     return results
+
+
+# Run by `python -c`, with the zip (and the output folder) as arguments.
+_DECOMPRESS_PROGRAM = (
+    'import sys; from cifar_tfrecord import benchmark, convert; '
+    'benchmark._decompress(sys.argv[1])')
+_CONVERT_PROGRAM = (
+    'import sys; from cifar_tfrecord import convert; '
+    'from cifar_tfrecord.config import ConvertConfig; '
+    "convert.convert(ConvertConfig(source='dir', data_dir=sys.argv[1], output_dir=sys.argv[2]))")
+
+
+def _memory_results(zip_path: str, work_dir: str, images: int, repeats: int) -> list[Result]:
+    """The converter's peak memory, and its floor's, each in a fresh process.
+
+    The time of each includes the process's start (TensorFlow's import).
+    """
+    output_dir = os.path.join(work_dir, 'records_process')
+    measured = {'decompress_7z_process': [], 'convert_zip_process': []}
+    for _ in range(repeats):  # In turns, as best_times_in_turns does.
+        measured['decompress_7z_process'].append(
+            _measure_process(_DECOMPRESS_PROGRAM, zip_path))
+        shutil.rmtree(output_dir, ignore_errors=True)
+        measured['convert_zip_process'].append(
+            _measure_process(_CONVERT_PROGRAM, zip_path, output_dir))
+    # The shortest time, as elsewhere; the largest peak, the one to plan for.
+    (floor_seconds, _), (convert_seconds, _) = (min(runs) for runs in measured.values())
+    floor_peak, convert_peak = (max(peak for _, peak in runs) for runs in measured.values())
+    floor = Result('decompress_7z_process', images, floor_seconds,
+                   peak_resident_bytes=floor_peak)
+    return [floor, relative('convert_zip_process', images, convert_seconds, floor, convert_peak)]
+
+
+def _measure_process(program: str, *arguments: str) -> tuple[float, int]:
+    """Runs `python -c program arguments`: (seconds, peak resident bytes).
+
+    Linux's wait4 reports the largest peak of the process and of those it
+    waited for: the converter's 7z process counts too.
+    """
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, '-c', program, *arguments],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    errors = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    process.stderr.close()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f'the measured process failed ({process.returncode}): '
+                           f'{errors.decode(errors="replace")[-2000:]}')
+    return seconds, usage.ru_maxrss << 10  # Linux counts kilobytes.
 
 
 def _warm_up(work_dir: str) -> None:

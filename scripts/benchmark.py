@@ -10,7 +10,10 @@ r"""Throughput benchmarks, each against a baseline measured in the same run.
         --batch_size=256 --service_workers=2 --output_json=benchmark_service.json
 
 Prints a table and writes --output_json as {"results": [{"name": ...,
-"images_per_second": ..., "baseline": ..., "speedup": ...}, ...]}.
+"images_per_second": ..., "baseline": ..., "speedup": ...,
+"peak_resident_bytes": ...}, ...]}; the convert suite also prints the
+converter's peak resident memory against its floor's, each measured in a
+process of its own.
 """
 
 import json
@@ -41,6 +44,8 @@ def main(argv):
         versus = (f'{result.speedup:.2f}x {result.baseline}' if result.baseline else 'baseline')
         print(f'{result.name:<34} {result.images_per_second:>10,.0f} '
               f'{result.seconds:>9.2f}  {versus}')
+    if config.suite == 'convert':
+        _print_memory_summary(results)
     if config.suite == 'input':
         _print_input_summary(results)
     if config.suite == 'train':
@@ -48,6 +53,14 @@ def main(argv):
     if config.output_json:
         with open(config.output_json, 'w') as file:
             json.dump({'results': [result.to_json() for result in results]}, file, indent=2)
+
+
+def _print_memory_summary(results):
+    by_name = {result.name: result for result in results}
+    converter, floor = by_name['convert_zip_process'], by_name['decompress_7z_process']
+    print(f'peak resident memory: the converter {converter.peak_resident_bytes / 2**20:,.0f} MB '
+          f'(with its 7z process), its floor {floor.peak_resident_bytes / 2**20:,.0f} MB '
+          '(what it imports, and py7zr decompressing the same archives)')
 
 
 def _print_input_summary(results):

@@ -13,7 +13,8 @@ from conftest import run_script
 SUITES = {
     'convert': {'decompress_7z': None, 'convert_zip': 'decompress_7z',
                 'pil_loop_extracted': None, 'convert_extracted_raw': 'pil_loop_extracted',
-                'convert_extracted_png': 'pil_loop_extracted'},
+                'convert_extracted_png': 'pil_loop_extracted', 'decompress_7z_process': None,
+                'convert_zip_process': 'decompress_7z_process'},
     'input': {'in_memory': None, 'naive_per_example': None,
               'pipeline_cold': 'naive_per_example', 'naive_per_example_host_normalize': None,
               'pipeline_cold_host_normalize': 'naive_per_example_host_normalize',
@@ -26,6 +27,9 @@ SUITES = {
                      'data_service_1_workers': 'pipeline_in_process'},
     'train': {'train_synthetic': None, 'train_pipeline': 'train_synthetic'},
 }
+
+# Entries run in processes of their own, whose peak memory is measured.
+MEMORY_ENTRIES = {'decompress_7z_process', 'convert_zip_process'}
 
 
 @pytest.mark.parametrize('suite', sorted(SUITES))
@@ -45,3 +49,10 @@ def test_each_suite_reports_every_entry_against_its_baseline(suite, sample_recor
     for result in results:
         assert result['images_per_second'] > 0 and result['images'] > 0
         assert (result['speedup'] is None) == (result['baseline'] is None)
+        assert (result['peak_resident_bytes'] is not None) == (result['name'] in MEMORY_ENTRIES)
+    if suite == 'convert':
+        peaks = {result['name']: result['peak_resident_bytes'] for result in results}
+        # Both import TensorFlow: hundreds of MB, not kilobytes misread as bytes.
+        assert peaks['decompress_7z_process'] > 100 << 20
+        assert peaks['convert_zip_process'] > 100 << 20
+        assert 'peak resident memory: the converter ' in capsys.readouterr().out
