@@ -144,36 +144,62 @@ def _memory_results(zip_path: str, work_dir: str, images: int, repeats: int) -> 
     measured = {'decompress_7z_process': [], 'convert_zip_process': []}
     for _ in range(repeats):  # In turns, as best_times_in_turns does.
         measured['decompress_7z_process'].append(
-            _measure_process(_DECOMPRESS_PROGRAM, zip_path))
+            _measured_python(_DECOMPRESS_PROGRAM, zip_path))
         shutil.rmtree(output_dir, ignore_errors=True)
         measured['convert_zip_process'].append(
-            _measure_process(_CONVERT_PROGRAM, zip_path, output_dir))
+            _measured_python(_CONVERT_PROGRAM, zip_path, output_dir))
     # The shortest time, as elsewhere; the largest peak, the one to plan for.
-    (floor_seconds, _), (convert_seconds, _) = (min(runs) for runs in measured.values())
-    floor_peak, convert_peak = (max(peak for _, peak in runs) for runs in measured.values())
-    floor = Result('decompress_7z_process', images, floor_seconds,
-                   peak_resident_bytes=floor_peak)
-    return [floor, relative('convert_zip_process', images, convert_seconds, floor, convert_peak)]
+    floor_runs, convert_runs = measured.values()
+    floor = Result('decompress_7z_process', images, min(run.seconds for run in floor_runs),
+                   peak_resident_bytes=max(run.peak_resident_bytes for run in floor_runs))
+    return [floor, relative('convert_zip_process', images,
+                            min(run.seconds for run in convert_runs), floor,
+                            max(run.peak_resident_bytes for run in convert_runs))]
 
 
-def _measure_process(program: str, *arguments: str) -> tuple[float, int]:
-    """Runs `python -c program arguments`: (seconds, peak resident bytes).
+def _measured_python(program: str, *arguments: str) -> 'MeasuredRun':
+    run = run_measuring_memory([sys.executable, '-c', program, *arguments])
+    if run.status != 0:
+        raise RuntimeError(f'the measured process failed ({run.status}): {run.stderr[-2000:]}')
+    return run
 
-    Linux's wait4 reports the largest peak of the process and of those it
-    waited for: the converter's 7z process counts too.
-    """
+
+# ----------------------------------------------------------------------------
+# Peak memory of a process.
+#
+# Linux counts into a process's peak resident memory (ru_maxrss, from
+# getrusage or wait4) the memory of the process it was forked from, as it
+# was when it started another program: a process started by a test or a
+# benchmark, which holds TensorFlow, would report the size of its parent. So
+# the measured command is started by a small Python process of its own,
+# which prints the peak of its children alone.
+
+_MEASURING_PROGRAM = """
+import resource, subprocess, sys
+status = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(status if status >= 0 else 128 - status)
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasuredRun:
+    status: int  # 128 + the signal's number, when a signal ended it
+    stderr: str
+    seconds: float
+    # The largest peak of the command and the processes it started.
+    peak_resident_bytes: int
+
+
+def run_measuring_memory(command: list[str], env: dict | None = None) -> MeasuredRun:
+    """Runs `command` to its end, its stdout discarded, and measures it."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, '-c', program, *arguments],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    errors = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    finished = subprocess.run([sys.executable, '-c', _MEASURING_PROGRAM, *command],
+                              capture_output=True, env=env)
     seconds = time.perf_counter() - start
-    process.stderr.close()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f'the measured process failed ({process.returncode}): '
-                           f'{errors.decode(errors="replace")[-2000:]}')
-    return seconds, usage.ru_maxrss << 10  # Linux counts kilobytes.
+    peak_kilobytes = int(finished.stdout.split()[-1])  # Linux counts kilobytes.
+    return MeasuredRun(finished.returncode, finished.stderr.decode(errors='replace'), seconds,
+                       peak_kilobytes << 10)
 
 
 def _warm_up(work_dir: str) -> None:

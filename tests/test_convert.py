@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import zipfile
 
 import numpy as np
@@ -20,6 +19,7 @@ import tensorflow as tf
 from PIL import Image, PngImagePlugin
 
 from cifar_tfrecord import archive
+from cifar_tfrecord import benchmark
 from cifar_tfrecord import convert as convert_lib
 from cifar_tfrecord import faults
 from cifar_tfrecord import progress
@@ -559,22 +559,6 @@ def bomb_data(tmp_path_factory, small_sample):
     return data
 
 
-def _run_measuring_memory(command: list[str], env: dict) -> tuple[int, str, int]:
-    """Runs a command to its end.
-
-    Returns:
-        Its exit status, its stderr, and the peak resident memory, in bytes,
-        of the largest of it and the processes it started (Linux's wait4
-        counts those it waited for).
-    """
-    with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        stderr.seek(0)
-        return process.returncode, stderr.read().decode(errors='replace'), usage.ru_maxrss << 10
-
-
 def test_decompression_bomb_is_refused_before_decompressing(bomb_data, tmp_path):
     with zipfile.ZipFile(bomb_data / 'cifar-10.zip') as outer, \
             py7zr.SevenZipFile(outer.open('train.7z')) as seven_zip:
@@ -583,20 +567,22 @@ def test_decompression_bomb_is_refused_before_decompressing(bomb_data, tmp_path)
     source_before = _tree_digest(bomb_data)
     output, temporary = tmp_path / 'records', tmp_path / 'temporary'
     temporary.mkdir()
-    status, stderr, peak_bytes = _run_measuring_memory(
+    # The converter and its 7z process: the largest peak of the two.
+    run = benchmark.run_measuring_memory(
         [sys.executable, os.path.join(REPOSITORY, 'scripts', 'convert.py'), '--source=dir',
          f'--data_dir={bomb_data}', f'--output_dir={output}'],
         env=dict(os.environ, TMPDIR=str(temporary)))
-    assert status == 1, stderr[-2000:]
-    assert 'Traceback' not in stderr
+    assert run.status == 1, run.stderr[-2000:]
+    assert 'Traceback' not in run.stderr
     # The declared size, and the limit: refused on the header, before any decompression.
-    assert stderr.strip().splitlines()[-1] == (
+    assert run.stderr.strip().splitlines()[-1] == (
         f"error: {bomb_data / 'train.7z'}: entry 'train/7.png' declares 2,147,483,648 bytes, "
         f'more than the {sources.MAX_IMAGE_BYTES:,} a 32x32 PNG may take')
     assert not output.exists()
     assert not os.listdir(temporary)
     assert _tree_digest(bomb_data) == source_before
-    assert peak_bytes < _BOMB_MEMORY_BOUND, f'the converter peaked at {peak_bytes:,} bytes'
+    assert run.peak_resident_bytes < _BOMB_MEMORY_BOUND, (
+        f'the converter peaked at {run.peak_resident_bytes:,} bytes')
 
 
 def _latin1_labels(labels: dict, encoding: str) -> tuple[bytes, int, int]:
