@@ -23,6 +23,7 @@ from PIL import Image
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
+from cifar_tfrecord import config as config_lib
 from cifar_tfrecord import files
 from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import pipeline
@@ -57,39 +58,37 @@ def resolve_model(model_dir: str, model: str) -> str:
 
 
 def load_run_config(model_path: str) -> dict | None:
-    """The config.json of the run folder holding a model, or None if it has none."""
+    """The config.json of the run folder holding a model, checked
+    (`config.read_run_config`), or None if it has none."""
     path = run_folder.path(os.path.dirname(model_path), run_folder.CONFIG)
     if not tf.io.gfile.exists(path):
         return None
-    with tf.io.gfile.GFile(path, 'r') as file:
-        text = file.read()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UserInputError(f'{path} is not valid JSON: {error}') from error
+    return config_lib.read_run_config(path)
 
 
 def check_records(model_path: str, records_dir: str) -> None:
     """Refuses records of other classes than the model's; warns on other records.
 
     The run's config.json says which records it trained on (its "records":
-    fingerprint, class_names, records_dir). A run without that key, from
-    before it was written, is not checked.
+    fingerprint, class_names, records_dir). A run without that key, or one
+    of them, from before it was written, is not checked on it.
     """
     trained_on = (load_run_config(model_path) or {}).get('records')
     if trained_on is None:
         return
     manifest = records.load_manifest(records_dir)
-    if list(manifest.class_names) != list(trained_on['class_names']):
+    class_names = trained_on.get('class_names', manifest.class_names)
+    if list(manifest.class_names) != list(class_names):
         raise UserInputError(
             f'{records_dir} holds the classes {list(manifest.class_names)}, but {model_path} '
-            f'was trained on {list(trained_on["class_names"])}')
+            f'was trained on {list(class_names)}')
     fingerprint = manifest.fingerprint()
-    if fingerprint != trained_on['fingerprint']:
+    if fingerprint != trained_on.get('fingerprint', fingerprint):
         logging.warning(
             '%s was trained on the records in %s (fingerprint %s); %s holds other records '
             '(fingerprint %s) of the same classes: going on with them',
-            model_path, trained_on['records_dir'], trained_on['fingerprint'][:FINGERPRINT_SHOWN],
+            model_path, trained_on.get('records_dir', 'another folder'),
+            trained_on['fingerprint'][:FINGERPRINT_SHOWN],
             records_dir, fingerprint[:FINGERPRINT_SHOWN])
 
 
@@ -562,5 +561,22 @@ def load_serving_model(model_path: str) -> keras.Model:
         model, input_config.normalization, input_config.upsample_method)
 
 
+def export_saved_model(serving: keras.Model, path: str) -> None:
+    """`serving` as a SavedModel whose `serve(images)` (and serving_default
+    signature) takes uint8 32x32 images and returns class probabilities.
+
+    Not `Model.export`: Keras 3.15 writes every weight twice there, once per
+    wrapper of the same variable (keras-team/keras#23553), 94 MB too many for
+    ResNet50. Tracking the TensorFlow variables themselves writes each once.
+    """
+    module = tf.Module()
+    module.model_variables = [variable.value for variable in serving.variables]
+    module.serve = tf.function(
+        lambda images: serving(images, training=False),
+        input_signature=[tf.TensorSpec([None, *serving.input_shape[1:]], serving.input.dtype,
+                                       name='images')])
+    tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
+
+
 def _run_input_config(run_config: dict | None) -> InputConfig:
-    return InputConfig(**run_config['config']['input']) if run_config else InputConfig()
+    return InputConfig(**run_config['config'].get('input', {})) if run_config else InputConfig()

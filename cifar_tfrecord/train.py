@@ -38,6 +38,7 @@ from cifar_tfrecord import callbacks as run_callbacks
 from cifar_tfrecord import cli
 from cifar_tfrecord import config as config_lib
 from cifar_tfrecord import evaluate
+from cifar_tfrecord import json_fields
 from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
@@ -66,7 +67,7 @@ def train(config: TrainConfig) -> dict | None:
     if state.finished:
         logging.info('%s finished already; nothing to do (--overwrite trains again).',
                      config.model_dir)
-        return _read_json(run_folder.path(config.model_dir, run_folder.METRICS))
+        return read_metrics(run_folder.path(config.model_dir, run_folder.METRICS))
     precision = resolve_precision(config.mixed_precision)
     keras.mixed_precision.set_global_policy(precision)
     strategy = make_strategy(config.strategy)
@@ -176,10 +177,15 @@ def resume_state(config: TrainConfig, manifest: records.Manifest) -> run_callbac
 
     A run folder whose config.json differs in a flag that changes the
     result, or whose records hold other data, is refused before anything is
-    written; `--overwrite` starts afresh instead.
+    written; `--overwrite` starts afresh instead. So is a run folder with a
+    file the rerun would misread (`callbacks.check_resumable`), or with a
+    run but no config.json: files are written whole, so such a file was
+    edited or damaged since, and nothing guesses what it held.
     """
+    if config.overwrite:
+        return run_callbacks.RunState()
     saved = _saved_config(config.model_dir)
-    if saved is None or config.overwrite:
+    if saved is None:
         return run_callbacks.RunState()
     changes = [f'--{name}={new} (the run has {old})'
                for name, old, new in config_lib.changed_flags(saved['config'], config)]
@@ -193,21 +199,51 @@ def resume_state(config: TrainConfig, manifest: records.Manifest) -> run_callbac
             f'{config.model_dir} holds a run with other flags: {"; ".join(changes)}. Rerun '
             'with its flags to resume, or pass --overwrite to start afresh, or choose '
             'another --model_dir')
-    return run_callbacks.read_state(config.model_dir)
+    return _refused_unless_whole(run_callbacks.check_resumable, config.model_dir)
+
+
+_START_AFRESH = 'pass --overwrite to start afresh, or choose another --model_dir'
+# Files that make a folder a run's, for a run whose config.json is missing.
+_RUN_EVIDENCE = (run_folder.STATE, run_folder.HISTORY, run_folder.BEST_MODEL,
+                 run_folder.FINAL_MODEL)
 
 
 def _saved_config(model_dir: str) -> dict | None:
     path = run_folder.path(model_dir, run_folder.CONFIG)
-    return _read_json(path) if tf.io.gfile.exists(path) else None
+    if tf.io.gfile.exists(path):
+        return _refused_unless_whole(config_lib.read_run_config, path)
+    evidence = [name for name in _RUN_EVIDENCE
+                if tf.io.gfile.exists(run_folder.path(model_dir, name))]
+    if evidence:
+        raise UserInputError(f'{path} is missing, yet {model_dir} holds a run '
+                             f'({", ".join(evidence)}): {_START_AFRESH}')
+    return None
 
 
-def _read_json(path: str) -> dict:
+def _refused_unless_whole(read, *arguments):
+    """`read(*arguments)`, its UserInputError saying how to go on."""
     try:
-        with tf.io.gfile.GFile(path, 'r') as file:
-            return json.loads(file.read())
-    except json.JSONDecodeError as error:
-        raise UserInputError(f'{path} is not valid JSON ({error}); pass --overwrite to start '
-                             'afresh, or choose another --model_dir') from None
+        return read(*arguments)
+    except UserInputError as error:
+        raise UserInputError(f'{error}; {_START_AFRESH}') from None
+
+
+# What the trainer's metrics.json must hold for the line that ends a rerun.
+_METRICS_FIELDS = {'split': str, 'accuracy': float, 'loss': float}
+
+
+def read_metrics(path: str) -> dict:
+    """The trainer's metrics.json, with the fields a finished run reports."""
+    metrics = _refused_unless_whole(run_folder.read_json, path)
+    try:
+        json_fields.check_object(metrics, 'the file')
+        for key, kind in _METRICS_FIELDS.items():
+            if key not in metrics:
+                raise json_fields.FieldError(f'lacks the key {key}')
+            json_fields.check_type(metrics[key], kind, key)
+    except json_fields.FieldError as error:
+        raise UserInputError(f'{path}: {error}; {_START_AFRESH}') from None
+    return metrics
 
 
 def load_backup(model: keras.Model, model_dir: str, state: run_callbacks.RunState) -> None:
@@ -558,7 +594,7 @@ def finish(config: TrainConfig) -> dict:
     if tf.io.gfile.exists(export_dir):
         tf.io.gfile.rmtree(export_dir)  # Never a SavedModel of an earlier run.
     if config.export_saved_model:
-        serving.export(export_dir, verbose=False)
+        evaluate.export_saved_model(serving, export_dir)
     split = evaluate.resolve_split(config.input.records_dir, config.evaluation_split)
     device_input = dataclasses.replace(config.input, upsample_on='device')
     metrics = evaluate.evaluate(serving, device_input, split, run_folder.FINAL_MODEL)

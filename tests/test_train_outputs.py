@@ -101,6 +101,21 @@ def test_saved_model_takes_raw_images_and_matches_keras(trained_run, sample_reco
     np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-3)
 
 
+def test_saved_model_stores_each_weight_once(trained_run):
+    # Keras' Model.export stores each twice (keras-team/keras#23553).
+    serving = evaluate.load_serving_model(os.path.join(trained_run, 'final.keras'))
+    checkpoint = tf.train.load_checkpoint(os.path.join(trained_run, 'saved_model', 'variables',
+                                                       'variables'))
+    shapes = checkpoint.get_variable_to_shape_map()
+    stored = sum(int(np.prod(shape)) for name, shape in shapes.items()
+                 if name != '_CHECKPOINTABLE_OBJECT_GRAPH')
+    # Every variable, the dropout's seed state included, and none twice.
+    assert stored == sum(int(np.prod(variable.shape)) for variable in serving.variables)
+    signature = tf.saved_model.load(os.path.join(trained_run, 'saved_model')).signatures[
+        'serving_default']
+    assert signature.structured_input_signature[1]['images'].dtype == tf.uint8
+
+
 def test_final_model_loads_with_keras_alone(trained_run, sample_records, tmp_path):
     """final.keras in a Python that never imported this package: Keras' own layers only."""
     images = np.stack([image for _, image, _ in records.read_split(sample_records, 'test')])
