@@ -19,11 +19,12 @@ import tensorflow as tf
 from absl import logging
 
 from cifar_tfrecord import faults
+from cifar_tfrecord import json_fields
 from cifar_tfrecord import run_folder
+from cifar_tfrecord.errors import UserInputError
 from cifar_tfrecord.progress import describe_seconds
 
-HISTORY_COLUMNS = ('epoch', 'phase', 'loss', 'accuracy', 'val_loss', 'val_accuracy',
-                   'learning_rate', 'images_per_second', 'epoch_seconds')
+HISTORY_COLUMNS = run_folder.HISTORY_COLUMNS
 _PARTIAL = '.partial'
 
 
@@ -80,11 +81,11 @@ def remove_partial_files(model_dir: str) -> None:
 
 
 def read_history(model_dir: str) -> list[dict]:
+    """The rows of history.csv, checked (`run_folder.read_history`); none before it exists."""
     path = run_folder.path(model_dir, run_folder.HISTORY)
     if not tf.io.gfile.exists(path):
         return []
-    with tf.io.gfile.GFile(path, 'r') as file:
-        return list(csv.DictReader(io.StringIO(file.read())))
+    return [row for _, row in run_folder.read_history(path)[1]]
 
 
 class HistoryCSV(keras.callbacks.Callback):
@@ -206,8 +207,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         self._best = -math.inf
         model_path, record_path = self._chief_paths
         if tf.io.gfile.exists(model_path) and tf.io.gfile.exists(record_path):
-            with tf.io.gfile.GFile(record_path, 'r') as file:
-                self._best = json.loads(file.read())['val_accuracy']
+            self._best = read_best_record(record_path).val_accuracy
 
     def on_epoch_end(self, epoch, logs=None):
         accuracy = (logs or {}).get('val_accuracy')
@@ -215,7 +215,26 @@ class BestCheckpoint(keras.callbacks.Callback):
             self._best = float(accuracy)
             save_model_atomically(self.model, self._model_path)
             write_text_atomically(self._record_path, json.dumps(
-                {'val_accuracy': self._best, 'epoch': epoch + 1}) + '\n')
+                dataclasses.asdict(BestRecord(self._best, epoch + 1))) + '\n')
+
+
+@dataclasses.dataclass(frozen=True)
+class BestRecord:
+    """best.json: the val_accuracy of best.keras, and its epoch."""
+    val_accuracy: float
+    epoch: int
+
+
+def read_best_record(path: str) -> BestRecord:
+    return BestRecord(**_read_fields(path, BestRecord))
+
+
+def _read_fields(path: str, fields_of) -> dict:
+    """A JSON file holding `dataclasses.asdict` of a `fields_of`, checked."""
+    try:
+        return json_fields.check_fields(run_folder.read_json(path), fields_of)
+    except json_fields.FieldError as error:
+        raise UserInputError(f'{path}: {error}') from None
 
 
 class EpochBackup(keras.callbacks.Callback):
@@ -365,12 +384,63 @@ class RunState:
 
 
 def read_state(model_dir: str) -> RunState:
-    """The run's state.json, or a fresh run's state when there is none."""
+    """The run's state.json, checked, or a fresh run's state when there is none."""
     path = run_folder.path(model_dir, run_folder.STATE)
     if not tf.io.gfile.exists(path):
         return RunState()
-    with tf.io.gfile.GFile(path, 'r') as file:
-        return RunState(**json.loads(file.read()))
+    state = RunState(**_read_fields(path, RunState))
+    if state.epochs_done < 0:
+        raise UserInputError(f'{path}: epochs_done is {state.epochs_done}, not a count')
+    if state.backup is not None and os.path.dirname(state.backup) != run_folder.BACKUP:
+        raise UserInputError(f'{path}: backup is {json_fields.shown(state.backup)}, not a '
+                             f'file of {run_folder.BACKUP}/')
+    return state
+
+
+def check_resumable(model_dir: str) -> RunState:
+    """The state of a run to resume, once every file the rerun reads or
+    rewrites is checked: state.json, history.csv, best.json, the backup.
+
+    The trainer writes each whole (`write_text_atomically`), and history.csv
+    before the backup and state.json of its epoch, so a kill leaves none of
+    them torn or behind one another; a file that is, was changed since, and
+    is refused rather than guessed at.
+
+    Raises:
+        UserInputError: naming the file and what is wrong with it.
+    """
+    state = read_state(model_dir)
+    _check_history_for_resume(model_dir, state)
+    best_record = run_folder.path(model_dir, run_folder.BEST_RECORD)
+    if tf.io.gfile.exists(best_record):
+        read_best_record(best_record)
+    final = run_folder.path(model_dir, run_folder.FINAL_MODEL)
+    if (state.backup is not None and not state.finished and not tf.io.gfile.exists(final)
+            and not tf.io.gfile.exists(run_folder.path(model_dir, state.backup))):
+        raise UserInputError(f'{run_folder.path(model_dir, run_folder.STATE)} names the backup '
+                             f'{state.backup}, which is missing')
+    return state
+
+
+def _check_history_for_resume(model_dir: str, state: RunState) -> None:
+    """history.csv has only the trainer's columns, and a row for every epoch done."""
+    path = run_folder.path(model_dir, run_folder.HISTORY)
+    state_path = run_folder.path(model_dir, run_folder.STATE)
+    if not tf.io.gfile.exists(path):
+        if state.epochs_done:
+            raise UserInputError(f'{path} is missing, yet {state_path} says '
+                                 f'{state.epochs_done} epochs are done')
+        return
+    header, rows = run_folder.read_history(path)
+    unknown = [column for column in header if column not in HISTORY_COLUMNS]
+    if unknown or 'epoch' not in header:
+        raise UserInputError(f'{path}: the columns are not the trainer\'s '
+                             f'({", ".join(HISTORY_COLUMNS)}), its header is {",".join(header)}')
+    epochs = {int(row['epoch']) for _, row in rows}
+    missing = [epoch for epoch in range(1, state.epochs_done + 1) if epoch not in epochs]
+    if missing:
+        raise UserInputError(f'{path} has no row for epoch {missing[0]}, which {state_path} '
+                             'says is done')
 
 
 def write_state(model_dir: str, state: RunState) -> None:

@@ -6,6 +6,7 @@ the flags; library code takes the config and never reads flags.
 
 import dataclasses
 
+from cifar_tfrecord import json_fields
 from cifar_tfrecord import run_folder
 from cifar_tfrecord.errors import UserInputError
 
@@ -279,6 +280,57 @@ def _flatten(values: dict) -> dict:
 # Values earlier versions recorded, and what they are now: --jit_compile was
 # the string auto|true|false.
 _FORMER_VALUES = {'jit_compile': {'auto': None, 'true': True, 'false': False}}
+
+
+# What config.json says of the records a run trained on (`train.write_config`).
+_RECORDS_ENTRY = {'fingerprint': str, 'class_names': tuple[str, ...], 'records_dir': str}
+
+
+def read_run_config(path: str) -> dict:
+    """A run's config.json, checked: its "config" holds TrainConfig's fields,
+    each of its type, and its "records", when there, what the trainer writes.
+
+    A field missing is an older version's (it counts as its default; so in
+    "records"); an unknown one is refused, as is a value of another type. The other keys
+    (versions, devices, the command) are only read by people.
+
+    Raises:
+        UserInputError: one line naming the file and the key.
+    """
+    saved = run_folder.read_json(path)
+    try:
+        json_fields.check_object(saved, 'the file')
+        if 'config' not in saved:
+            raise json_fields.FieldError('lacks the key config')
+        values = json_fields.check_fields(_current_values(saved['config']), TrainConfig,
+                                          'config.', required=False)
+        if 'records' in saved:
+            entry = json_fields.check_object(saved['records'], 'records')
+            for key, kind in _RECORDS_ENTRY.items():
+                if key in entry:  # Each is missing from some older version's.
+                    json_fields.check_type(entry[key], kind, f'records.{key}')
+    except json_fields.FieldError as error:
+        raise UserInputError(f'{path}: {error}') from None
+    try:
+        _saved_train_config(values).validate()
+    except UserInputError as error:
+        raise UserInputError(f'{path}: config holds {error}') from None
+    return saved
+
+
+def _saved_train_config(values: dict) -> TrainConfig:
+    """The TrainConfig of checked saved values; a field missing takes its default."""
+    own = {name: value for name, value in values.items() if name != 'input'}
+    return TrainConfig(**own, input=InputConfig(**values.get('input', {})))
+
+
+def _current_values(config_values):
+    """The values of a saved config as this version writes them (`_FORMER_VALUES`)."""
+    if not isinstance(config_values, dict):
+        return config_values
+    return {name: _FORMER_VALUES[name].get(value, value)
+            if name in _FORMER_VALUES and isinstance(value, str) else value
+            for name, value in config_values.items()}
 
 
 def changed_flags(saved: dict, config: TrainConfig) -> list[tuple[str, object, object]]:

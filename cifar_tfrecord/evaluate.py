@@ -14,6 +14,7 @@ import os
 import posixpath
 import re
 import warnings
+import zipfile
 
 import keras
 import numpy as np
@@ -555,8 +556,14 @@ def load_serving_model(model_path: str) -> keras.Model:
     """
     if not tf.io.gfile.exists(model_path):
         raise UserInputError(f'model {model_path} not found')
-    model = keras.saving.load_model(model_path, safe_mode=True)
-    input_config = _run_input_config(load_run_config(model_path))
+    input_config = _run_input_config(load_run_config(model_path))  # Before the long load.
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=True)
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
+        # A truncated or damaged file: Keras names no file in its errors.
+        first_line = str(error).strip().split('\n', 1)[0]
+        raise UserInputError(f'{model_path} is not a readable Keras model '
+                             f'({type(error).__name__}: {first_line})') from None
     return model_lib.with_preprocessing(
         model, input_config.normalization, input_config.upsample_method)
 

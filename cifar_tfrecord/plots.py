@@ -11,9 +11,7 @@ imports TensorFlow only to reach remote paths (gs://, ram://), so plotting a
 local run starts fast.
 """
 
-import csv
 import io
-import json
 import os
 import zipfile
 
@@ -30,8 +28,6 @@ from cifar_tfrecord.errors import UserInputError
 # epoch_seconds, which are read when present.
 REQUIRED_COLUMNS = ('epoch', 'phase', 'loss', 'accuracy', 'val_loss', 'val_accuracy',
                     'learning_rate')
-NUMBER_COLUMNS = ('loss', 'accuracy', 'val_loss', 'val_accuracy', 'learning_rate',
-                  'images_per_second', 'epoch_seconds')
 CURVE_METRICS = ('loss', 'accuracy')
 FREEZE_PHASE = 'freeze'
 FINE_TUNE_PHASE = 'fine_tune'
@@ -70,14 +66,6 @@ def _read_bytes(path: str) -> bytes:
         return file.read()
 
 
-def _read_text(path: str) -> str:
-    try:
-        # utf-8-sig: a spreadsheet that re-saved the file may have added a BOM.
-        return _read_bytes(path).decode('utf-8-sig')
-    except UnicodeDecodeError as error:
-        raise UserInputError(f'{path} is not UTF-8 text: {error}') from error
-
-
 def _write_bytes(path: str, data: bytes) -> None:
     with files.open_file(path, 'wb') as file:
         file.write(data)
@@ -114,70 +102,34 @@ def load_history(model_dir: str) -> dict[str, np.ndarray]:
     path = run_folder.path(model_dir, run_folder.HISTORY)
     if not _exists(path):
         raise UserInputError(f'no {run_folder.HISTORY} in {model_dir}: has this run started?')
-    header, rows = _read_csv(path)
+    header, rows = run_folder.read_history(path)
+    if not rows:
+        raise UserInputError(f'{path} has no epochs yet: has this run finished an epoch?')
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
         raise UserInputError(f'{path} lacks the columns {", ".join(missing)}')
-    return _columns(path, header, _last_row_per_epoch(path, header, rows))
+    return _columns(header, _last_row_per_epoch(rows))
 
 
-def _read_csv(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """The header and the (line number, values) of each non-blank row."""
-    reader = csv.reader(io.StringIO(_read_text(path)))
-    try:
-        lines = [(reader.line_num, row) for row in reader if row]
-    except csv.Error as error:
-        raise UserInputError(f'{path} line {reader.line_num}: {error}') from error
-    if not lines:
-        raise UserInputError(f'{path} is empty: has this run finished an epoch?')
-    if len(lines) == 1:
-        raise UserInputError(f'{path} has no epochs yet: has this run finished an epoch?')
-    header = [name.strip() for name in lines[0][1]]
-    for line_number, row in lines[1:]:
-        if len(row) != len(header):
-            raise UserInputError(
-                f'{path} line {line_number}: {len(row)} values for {len(header)} columns')
-    return header, lines[1:]
-
-
-def _last_row_per_epoch(path: str, header: list[str],
-                        rows: list[tuple[int, list[str]]]) -> list[tuple[int, list[str]]]:
-    epoch_column = header.index('epoch')
+def _last_row_per_epoch(rows: list[tuple[int, dict[str, str]]]) -> list[dict[str, str]]:
     by_epoch = {}
-    for line_number, row in rows:
-        try:
-            epoch = int(row[epoch_column])
-        except ValueError:
-            raise UserInputError(f'{path} line {line_number}: epoch {row[epoch_column]!r} '
-                                 'is not a whole number') from None
+    for _, row in rows:
         # A resumed run may repeat epochs: the later row is the one that counts.
-        by_epoch[epoch] = (line_number, row)
+        by_epoch[int(row['epoch'])] = row
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-def _columns(path: str, header: list[str],
-             rows: list[tuple[int, list[str]]]) -> dict[str, np.ndarray]:
+def _columns(header: list[str], rows: list[dict[str, str]]) -> dict[str, np.ndarray]:
     history = {}
-    for index, name in enumerate(header):
-        values = [(line_number, row[index].strip()) for line_number, row in rows]
+    for name in header:
+        values = [row[name] for row in rows]
         if name == 'epoch':
-            history[name] = np.array([int(value) for _, value in values])
-        elif name in NUMBER_COLUMNS:
-            history[name] = np.array([_number(path, line_number, name, value)
-                                      for line_number, value in values])
+            history[name] = np.array([int(value) for value in values])
+        elif name in run_folder.HISTORY_NUMBER_COLUMNS:
+            history[name] = np.array([run_folder.history_number(value) for value in values])
         else:
-            history[name] = np.array([value for _, value in values], dtype=str)
+            history[name] = np.array(values, dtype=str)
     return history
-
-
-def _number(path: str, line_number: int, column: str, value: str) -> float:
-    if not value:
-        return float('nan')
-    try:
-        return float(value)
-    except ValueError:
-        raise UserInputError(
-            f'{path} line {line_number}: {column}={value!r} is not a number') from None
 
 
 def load_metrics(path: str) -> dict | None:
@@ -189,10 +141,7 @@ def load_metrics(path: str) -> dict | None:
     """
     if not _exists(path):
         return None
-    try:
-        metrics = json.loads(_read_text(path))
-    except json.JSONDecodeError as error:
-        raise UserInputError(f'{path} is not valid JSON: {error}') from error
+    metrics = run_folder.read_json(path)
     _check_metrics(path, metrics)
     return metrics
 
@@ -594,7 +543,7 @@ def _records_dir_of(model_dir: str) -> str:
     path = run_folder.path(model_dir, run_folder.CONFIG)
     if _exists(path):
         try:
-            return json.loads(_read_text(path))['config']['input']['records_dir']
+            return run_folder.read_json(path)['config']['input']['records_dir']
         except (UserInputError, ValueError, KeyError, TypeError):
             pass  # Only a hint in a message: an unreadable config.json gets a placeholder.
     return 'RECORDS'

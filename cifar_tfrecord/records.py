@@ -26,6 +26,7 @@ import tensorflow as tf
 from cifar_tfrecord import faults
 from cifar_tfrecord import files
 from cifar_tfrecord.errors import UserInputError
+from cifar_tfrecord.json_fields import FieldError, check_keys, check_object, shown
 
 IMAGE_SHAPE = (32, 32, 3)
 # CIFAR-10's own label order; Kaggle's CSV, tfds and the Keras loader agree.
@@ -204,20 +205,14 @@ class Manifest:
         """Parses a manifest, checked as `parse_manifest` checks it.
 
         Raises:
-            ManifestError (a ValueError) naming the key at fault, or
+            json_fields.FieldError (a ValueError) naming the key at fault, or
             json.JSONDecodeError.
         """
         return parse_manifest(json.loads(text))
 
 
-class ManifestError(ValueError):
-    """A manifest that does not match its schema; the message names the key."""
-
-
-# A manifest holds exactly the fields of these classes: an unknown key is
-# refused, not ignored. The converter alone writes manifests, so an unknown
-# key is a hand edit, or a newer version's field whose meaning this code
-# would miss (a change to the format raises SCHEMA_VERSION).
+# As json_fields checks them, an unknown key is refused, not ignored: a
+# change to the format raises SCHEMA_VERSION.
 _SHA256 = re.compile('[0-9a-f]{64}')
 
 
@@ -230,25 +225,25 @@ def parse_manifest(data) -> Manifest:
     up (its num_examples, its shards' and its class counts). `verify`
     rereads the shards themselves.
     """
-    _check_object(data, 'the manifest')
+    check_object(data, 'the manifest')
     version = data.get('schema_version')
     if version != SCHEMA_VERSION and 'schema_version' in data:
-        raise ManifestError(f'schema_version is {_shown(version)}, this code reads version '
-                            f'{SCHEMA_VERSION}: convert the data again')
-    _check_keys(data, Manifest, '')
+        raise FieldError(f'schema_version is {shown(version)}, this code reads version '
+                         f'{SCHEMA_VERSION}: convert the data again')
+    check_keys(data, Manifest, '')
     encoding = data['encoding']
     if encoding not in ENCODINGS:
-        raise ManifestError(f'encoding is {_shown(encoding)}, not one of {", ".join(ENCODINGS)}')
+        raise FieldError(f'encoding is {shown(encoding)}, not one of {", ".join(ENCODINGS)}')
     class_names = data['class_names']
     if not (isinstance(class_names, list) and len(class_names) == NUM_CLASSES and all(
             isinstance(name, str) and name for name in class_names)):
-        raise ManifestError(f'class_names must be a list of {NUM_CLASSES} names, '
-                            f'not {_shown(class_names)}')
+        raise FieldError(f'class_names must be a list of {NUM_CLASSES} names, '
+                         f'not {shown(class_names)}')
     if data['image_shape'] != list(IMAGE_SHAPE):
-        raise ManifestError(f'image_shape is {_shown(data["image_shape"])}, this code reads '
-                            f'{list(IMAGE_SHAPE)}')
-    _check_object(data['provenance'], 'provenance')
-    _check_object(data['splits'], 'splits')
+        raise FieldError(f'image_shape is {shown(data["image_shape"])}, this code reads '
+                         f'{list(IMAGE_SHAPE)}')
+    check_object(data['provenance'], 'provenance')
+    check_object(data['splits'], 'splits')
     return Manifest(encoding=encoding, class_names=tuple(class_names),
                     image_shape=IMAGE_SHAPE, schema_version=SCHEMA_VERSION,
                     provenance=data['provenance'],
@@ -259,70 +254,47 @@ def parse_manifest(data) -> Manifest:
 def _parse_split(name: str, data) -> Split:
     where = f'splits.{name}'
     if name not in SPLITS:
-        raise ManifestError(f'{where}: unknown split {name!r}, not one of {", ".join(SPLITS)}')
-    _check_object(data, where)
-    _check_keys(data, Split, where + '.')
+        raise FieldError(f'{where}: unknown split {name!r}, not one of {", ".join(SPLITS)}')
+    check_object(data, where)
+    check_keys(data, Split, where + '.')
     num_examples = _count(data['num_examples'], f'{where}.num_examples')
     class_counts = data['class_counts']
-    _check_object(class_counts, f'{where}.class_counts')
+    check_object(class_counts, f'{where}.class_counts')
     for class_name_, count in class_counts.items():
         _count(count, f'{where}.class_counts.{class_name_}')
     if not isinstance(data['shards'], list):
-        raise ManifestError(f'{where}.shards must be a list, not {_shown(data["shards"])}')
+        raise FieldError(f'{where}.shards must be a list, not {shown(data["shards"])}')
     shards = tuple(_parse_shard(name, f'{where}.shards[{index}]', shard)
                    for index, shard in enumerate(data['shards']))
     in_shards = sum(shard.num_examples for shard in shards)
     if in_shards != num_examples:
-        raise ManifestError(f'{where}.num_examples is {num_examples}, but the num_examples of '
-                            f'its shards add up to {in_shards}')
+        raise FieldError(f'{where}.num_examples is {num_examples}, but the num_examples of '
+                         f'its shards add up to {in_shards}')
     if sum(class_counts.values()) != num_examples:
-        raise ManifestError(f'{where}.class_counts add up to {sum(class_counts.values())}, '
-                            f'not its num_examples {num_examples}')
+        raise FieldError(f'{where}.class_counts add up to {sum(class_counts.values())}, '
+                         f'not its num_examples {num_examples}')
     return Split(num_examples, class_counts, shards)
 
 
 def _parse_shard(split: str, where: str, data) -> Shard:
-    _check_object(data, where)
-    _check_keys(data, Shard, where + '.')
+    check_object(data, where)
+    check_keys(data, Shard, where + '.')
     name = data['name']
     if not (isinstance(name, str) and is_shard_file(name) and name.startswith(f'{split}-')
             and not name.endswith(PARTIAL_SUFFIX)):
-        raise ManifestError(f'{where}.name is {_shown(name)}, not the name of a {split} shard '
-                            f'(like {shard_name(split, 0, 1)})')
+        raise FieldError(f'{where}.name is {shown(name)}, not the name of a {split} shard '
+                         f'(like {shard_name(split, 0, 1)})')
     if not (isinstance(data['sha256'], str) and _SHA256.fullmatch(data['sha256'])):
-        raise ManifestError(f'{where}.sha256 is {_shown(data["sha256"])}, not 64 hex digits')
+        raise FieldError(f'{where}.sha256 is {shown(data["sha256"])}, not 64 hex digits')
     return Shard(name, _count(data['num_examples'], f'{where}.num_examples'),
                  _count(data['num_bytes'], f'{where}.num_bytes'), data['sha256'])
-
-
-def _check_object(value, where: str) -> None:
-    if not isinstance(value, dict):
-        raise ManifestError(f'{where} must be a JSON object, not {_shown(value)}')
-
-
-def _check_keys(data: dict, fields_of, prefix: str) -> None:
-    """Exactly the keys of the dataclass `fields_of`; names the first missing or unknown."""
-    expected = [field.name for field in dataclasses.fields(fields_of)]
-    missing = [key for key in expected if key not in data]
-    if missing:
-        raise ManifestError(f'lacks the key {prefix}{missing[0]}')
-    unknown = [key for key in data if key not in expected]
-    if unknown:
-        raise ManifestError(f'has an unknown key {prefix}{unknown[0]} (the keys there are '
-                            f'{", ".join(expected)})')
 
 
 def _count(value, where: str) -> int:
     # bool is an int to Python; `true` is no count.
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ManifestError(f'{where} must be a whole number of at least 0, not {_shown(value)}')
+        raise FieldError(f'{where} must be a whole number of at least 0, not {shown(value)}')
     return value
-
-
-def _shown(value, limit: int = 60) -> str:
-    """A JSON value as the file has it, cut short to keep the message one line."""
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
 def manifest_path(records_dir: str) -> str:
@@ -350,7 +322,7 @@ def load_manifest(records_dir: str) -> Manifest:
         raise UserInputError(f'{path} is not UTF-8 text: {error}') from None
     except json.JSONDecodeError as error:
         raise UserInputError(f'{path} is not valid JSON: {error}') from None
-    except ManifestError as error:
+    except FieldError as error:
         raise UserInputError(f'{path}: {error}') from None
 
 

@@ -26,11 +26,22 @@ scripts/evaluate.py, predict.py and plot.py use it unless told
 split, so its validation accuracy is biased upward; final.keras is not chosen
 on anything.
 
+The JSON and CSV files are read back here (`read_json`, `read_history`):
+a file that is not what the trainer writes is one line naming it and where,
+never a guess.
+
 No TensorFlow here: plots read run folders and start without it.
 """
 
+import csv
+import io
+import json
+import math
 import os
 import re
+
+from cifar_tfrecord import files
+from cifar_tfrecord.errors import UserInputError
 
 CONFIG = 'config.json'
 HISTORY = 'history.csv'
@@ -43,6 +54,12 @@ FINAL_MODEL = 'final.keras'
 SAVED_MODEL = 'saved_model'
 METRICS = 'metrics.json'
 PREDICTIONS = 'predictions.npz'
+
+# history.csv's columns, in the order the trainer writes them; those after
+# `phase` hold numbers, empty where there is none (validation skipped).
+HISTORY_COLUMNS = ('epoch', 'phase', 'loss', 'accuracy', 'val_loss', 'val_accuracy',
+                   'learning_rate', 'images_per_second', 'epoch_seconds')
+HISTORY_NUMBER_COLUMNS = HISTORY_COLUMNS[2:]
 
 # `--model=` names of the run's models, and the default.
 MODELS = {'final': FINAL_MODEL, 'best': BEST_MODEL}
@@ -115,3 +132,74 @@ def model_name(model: str) -> str:
 def images_predictions(model_dir: str, model_path_: str) -> str:
     """Where scripts/predict.py --images writes a model's classes of your own images."""
     return path(model_dir, f'image-predictions-{model_label(model_path_)}.csv')
+
+
+# ----------------------------------------------------------------------------
+# Reading the files back.
+
+
+def read_text(path: str) -> str:
+    """A text file of a run, local or remote, in UTF-8."""
+    with files.open_file(path, 'rb') as file:
+        data = file.read()
+    try:
+        # utf-8-sig: a spreadsheet that re-saved the file may have added a BOM.
+        return data.decode('utf-8-sig')
+    except UnicodeDecodeError as error:
+        raise UserInputError(f'{path} is not UTF-8 text: {error}') from None
+
+
+def read_json(path: str):
+    """The JSON value of a file; one line naming it when it is not JSON."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise UserInputError(f'{path} is not valid JSON: {error}') from None
+
+
+def read_history(path: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """history.csv: its columns, and each row's line number and values by column.
+
+    Checked: a header, as many values in each row as columns, `epoch` a
+    whole number from 1, the number columns numbers or empty. Other columns
+    are kept as they are (the trainer's resume refuses them).
+
+    Raises:
+        UserInputError: naming the file, and the line at fault.
+    """
+    reader = csv.reader(io.StringIO(read_text(path)))
+    try:
+        lines = [(reader.line_num, values) for values in reader if values]
+    except csv.Error as error:
+        raise UserInputError(f'{path} line {reader.line_num}: {error}') from None
+    if not lines:
+        raise UserInputError(f'{path} is empty, without even its header')
+    header = [name.strip() for name in lines[0][1]]
+    rows = []
+    for line_number, values in lines[1:]:
+        if len(values) != len(header):
+            raise UserInputError(
+                f'{path} line {line_number}: {len(values)} values for {len(header)} columns')
+        row = dict(zip(header, (value.strip() for value in values)))
+        _check_history_row(path, line_number, row)
+        rows.append((line_number, row))
+    return header, rows
+
+
+def _check_history_row(path: str, line_number: int, row: dict[str, str]) -> None:
+    epoch = row.get('epoch')
+    if epoch is not None and not (epoch.isdigit() and int(epoch) >= 1):
+        raise UserInputError(
+            f'{path} line {line_number}: epoch {epoch!r} is not a whole number from 1')
+    for column in HISTORY_NUMBER_COLUMNS:
+        if column in row:
+            try:
+                history_number(row[column])
+            except ValueError:
+                raise UserInputError(f'{path} line {line_number}: {column}={row[column]!r} is '
+                                     'not a number') from None
+
+
+def history_number(value: str) -> float:
+    """A number of history.csv: NaN where it is empty."""
+    return float(value) if value else math.nan
