@@ -5,9 +5,11 @@ inputs; their figures mean nothing at this size, and no test judges speed.
 """
 
 import json
+import sys
 
 import pytest
 
+from cifar_tfrecord import benchmark
 from conftest import run_script
 
 SUITES = {
@@ -56,3 +58,15 @@ def test_each_suite_reports_every_entry_against_its_baseline(suite, sample_recor
         assert peaks['decompress_7z_process'] > 100 << 20
         assert peaks['convert_zip_process'] > 100 << 20
         assert 'peak resident memory: the converter ' in capsys.readouterr().out
+
+
+def test_a_measured_process_reports_its_own_memory_not_its_parents():
+    """Linux counts into a process's ru_maxrss the size of the process it was
+    started from: this one, which holds TensorFlow, and here 300 MB more."""
+    ballast = b'\1' * (300 << 20)  # Written, so resident.
+    small = benchmark.run_measuring_memory([sys.executable, '-c', 'pass'])
+    large = benchmark.run_measuring_memory(
+        [sys.executable, '-c', 'ballast = b"\\1" * (200 << 20)'])
+    assert small.status == large.status == 0
+    assert small.peak_resident_bytes < 100 << 20
+    assert 200 << 20 < large.peak_resident_bytes < len(ballast)
