@@ -557,6 +557,11 @@ def load_serving_model(model_path: str) -> keras.Model:
     if not tf.io.gfile.exists(model_path):
         raise UserInputError(f'model {model_path} not found')
     input_config = _run_input_config(load_run_config(model_path))  # Before the long load.
+    if not files.is_remote(model_path) and os.path.isfile(model_path) and not zipfile.is_zipfile(
+            model_path):
+        # Keras says "File not found" of a .keras file cut short.
+        raise UserInputError(f'{model_path} is not a readable Keras model: not a whole zip '
+                             'archive (truncated or damaged)')
     try:
         model = keras.saving.load_model(model_path, safe_mode=True)
     except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:

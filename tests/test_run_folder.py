@@ -173,7 +173,8 @@ BAD_RUN_FILES = {
     'metrics_missing_key': ('metrics.json', _edit_json('metrics.json', lambda metrics: metrics.pop(
         'accuracy')), {PLOT: ' lacks accuracy', RESUME: ': lacks the key accuracy'}),
     'model_cut': ('final.keras', _cut_model, {
-        EVALUATE: ' is not a readable Keras model (', PREDICT: ' is not a readable Keras model ('}),
+        script: ' is not a readable Keras model: not a whole zip archive (truncated or damaged)'
+        for script in (EVALUATE, PREDICT)}),
 }
 CASES = [(case, script) for case, (_, _, messages) in BAD_RUN_FILES.items()
          for script in messages]
