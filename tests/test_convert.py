@@ -356,6 +356,14 @@ def _cases(small_sample):
         'duplicate archive id': (dict(train=duplicate_entry), 'duplicate id 3'),
         'label outside the classes': (
             dict(labels_csv=csv.replace('\n9,', '\n9,unicorn_', 1)), "id 9 has label 'unicorn_"),
+        # The issue's: a spreadsheet's habits, refused in one clear line.
+        'capitalized label': (
+            dict(labels_csv=csv.replace(f'\n9,{labels["9"]}\n', f'\n9,{labels["9"].title()}\n')),
+            f"id 9 has label '{labels['9'].title()}', which is not one of the ten CIFAR-10 "
+            'classes'),
+        'id with leading zeros': (
+            dict(labels_csv=csv.replace('\n7,', '\n007,', 1)),
+            r'image 7\.png has no row in trainLabels\.csv'),
         'entry escaping the folder': (
             dict(raw_7z=_evil_7z(train, '../evil.png')), "entry '../evil.png' escapes"),
         'absolute entry': (
@@ -365,7 +373,8 @@ def _cases(small_sample):
 
 CASE_NAMES = ['undecodable png', 'not a png', 'wrong size', 'csv id without image',
               'image without csv row', 'duplicate csv id', 'duplicate archive id',
-              'label outside the classes', 'entry escaping the folder', 'absolute entry']
+              'label outside the classes', 'capitalized label', 'id with leading zeros',
+              'entry escaping the folder', 'absolute entry']
 
 
 def _extracted_folder(folder, small_sample, *, train=None, labels_csv=None):
@@ -383,7 +392,8 @@ def _extracted_folder(folder, small_sample, *, train=None, labels_csv=None):
 # An extracted folder can hold the cases that are not about archives; its
 # images are read another way (from files), so both are tested.
 EXTRACTED_CASE_NAMES = ['undecodable png', 'not a png', 'wrong size', 'csv id without image',
-                        'image without csv row', 'duplicate csv id', 'label outside the classes']
+                        'image without csv row', 'duplicate csv id', 'label outside the classes',
+                        'capitalized label', 'id with leading zeros']
 
 
 @pytest.mark.parametrize('layout, case', [('zip', name) for name in CASE_NAMES]

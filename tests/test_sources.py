@@ -98,6 +98,22 @@ def test_read_labels_refuses_bad_csv(text, message):
         sources.read_labels(text.encode(), 'trainLabels.csv')
 
 
+def test_read_labels_reads_a_spreadsheets_utf8():
+    """The issue's cases to keep: a byte order mark, CRLF, spaces after
+    commas; and quoted fields."""
+    data = '\ufeffid,label\r\n1, cat\r\n"2","dog"\r\n3 , frog\r\n'.encode()
+    assert sources.read_labels(data, 'x') == {'1': 3, '2': 5, '3': 6}
+
+
+@pytest.mark.parametrize('encoding', ['latin-1', 'cp1252'])
+def test_read_labels_names_the_line_and_byte_that_is_not_utf8(encoding):
+    data = 'id,label\n1,cat\n2,dog,Café\n'.encode(encoding)
+    with pytest.raises(UserInputError) as error:
+        sources.read_labels(data, 'data/trainLabels.csv')
+    assert str(error.value) == ('data/trainLabels.csv: line 3, byte 10 (0xe9) is not UTF-8; '
+                                'save the file as UTF-8 (a spreadsheet\'s "CSV UTF-8")')
+
+
 def test_read_labels_maps_names_to_cifar_order():
     labels = sources.read_labels(b'id,label\n1,airplane\n2,truck\n3,cat\n', 'x')
     assert labels == {'1': 0, '2': 9, '3': 3}
