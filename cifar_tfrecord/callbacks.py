@@ -13,6 +13,7 @@ import math
 import os
 import time
 
+import h5py
 import keras
 import numpy as np
 import tensorflow as tf
@@ -419,7 +420,21 @@ def check_resumable(model_dir: str) -> RunState:
             and not tf.io.gfile.exists(run_folder.path(model_dir, state.backup))):
         raise UserInputError(f'{run_folder.path(model_dir, run_folder.STATE)} names the backup '
                              f'{state.backup}, which is missing')
+    backup = run_folder.path(model_dir, state.backup) if state.backup else None
+    if backup and not state.finished and tf.io.gfile.exists(backup):
+        _check_backup(backup)
     return state
+
+
+def _check_backup(path: str) -> None:
+    """Refuses a backup that is no HDF5 file before anything is rewritten:
+    Keras reads it only once the model is built and compiled."""
+    try:
+        with tf.io.gfile.GFile(path, 'rb') as file, h5py.File(file, 'r'):
+            pass
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        reason = str(error).strip().split('\n')[0][:200]
+        raise UserInputError(f'{path} cannot be read as this run\'s weights ({reason})') from None
 
 
 def _check_history_for_resume(model_dir: str, state: RunState) -> None:

@@ -255,7 +255,12 @@ def load_backup(model: keras.Model, model_dir: str, state: run_callbacks.RunStat
     if not tf.io.gfile.exists(path):
         path = run_folder.path(model_dir, run_folder.FINAL_MODEL)
     logging.info('Resuming after epoch %d: loading %s', state.epochs_done, path)
-    model.load_weights(path)
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError) as error:  # h5py and Keras: a damaged or foreign file.
+        reason = str(error).strip().split('\n')[0][:200]
+        raise UserInputError(f'{path} cannot be read as this run\'s weights ({reason}); '
+                             f'{_START_AFRESH}') from None
 
 
 def _service_job_prefix(strategy: tf.distribute.Strategy) -> str:

@@ -120,6 +120,15 @@ def _cut_model(run):
     path.write_bytes(data[:len(data) // 2])
 
 
+def _damaged_backup(run):
+    """An unfinished run whose state.json names a backup of garbage bytes."""
+    (run / 'backup').mkdir()
+    (run / 'backup' / 'epoch-0002.weights.h5').write_bytes(b'\x89HDF\r\n\x1a\n' + b'?' * 64)
+    state = json.loads((run / 'state.json').read_text())
+    state.update(finished=False, backup='backup/epoch-0002.weights.h5')
+    (run / 'state.json').write_text(json.dumps(state))
+
+
 PLOT, RESUME, EVALUATE, PREDICT = 'plot', 'resume', 'evaluate', 'predict'
 STATE_SAYS_DONE = ', which {run}/state.json says is done'
 CONFIG_KEYS = 'the keys there are '  # The start of the list of a dataclass's fields.
@@ -172,6 +181,8 @@ BAD_RUN_FILES = {
         PLOT: ' is not valid JSON: ', RESUME: ' is not valid JSON: '}),  # Then how to go on.
     'metrics_missing_key': ('metrics.json', _edit_json('metrics.json', lambda metrics: metrics.pop(
         'accuracy')), {PLOT: ' lacks accuracy', RESUME: ': lacks the key accuracy'}),
+    'backup_damaged': ('backup/epoch-0002.weights.h5', _damaged_backup, {
+        RESUME: " cannot be read as this run's weights ("}),
     'model_cut': ('final.keras', _cut_model, {
         script: ' is not a readable Keras model: not a whole zip archive (truncated or damaged)'
         for script in (EVALUATE, PREDICT)}),
