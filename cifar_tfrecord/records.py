@@ -357,10 +357,11 @@ def shard_paths(records_dir: str, split: str, manifest: Manifest | None = None) 
 
 
 def present_shard_paths(records_dir: str, split: str, manifest: Manifest) -> list[str]:
-    """`shard_paths`, each checked to exist with the size the manifest gives.
+    """`shard_paths`, each checked to exist with the size the manifest gives,
+    and the split's first record to parse in the manifest's encoding.
 
-    A stat per shard, no read: cheap enough to check before anything is
-    written. `verify` rereads them.
+    A stat per shard and one record: cheap enough to check before anything
+    is written. `verify` rereads them.
     """
     paths = shard_paths(records_dir, split, manifest)
     for path, shard in zip(paths, manifest.splits[split].shards):
@@ -372,7 +373,22 @@ def present_shard_paths(records_dir: str, split: str, manifest: Manifest) -> lis
             raise UserInputError(
                 f'shard {path} has the wrong size ({size} bytes, {manifest_path(records_dir)} '
                 f'says {shard.num_bytes}): corrupt or changed')
+    first = next((path for path, shard in zip(paths, manifest.splits[split].shards)
+                  if shard.num_examples), None)
+    if first:
+        _check_first_record(first, manifest.encoding, manifest_path(records_dir))
     return paths
+
+
+def _check_first_record(path: str, encoding: str, manifest: str) -> None:
+    """A hand-edited encoding would otherwise fail in the middle of training."""
+    try:
+        for record in tf.data.TFRecordDataset(path).take(1):
+            parse_examples(tf.reshape(record, [1]), encoding)
+    except tf.errors.OpError as error:
+        reason = error.message.strip().split('\n')[0][:200]
+        raise UserInputError(f'shard {path} does not hold {encoding} records, as {manifest} '
+                             f'says ({reason})') from None
 
 
 # ----------------------------------------------------------------------------

@@ -217,6 +217,9 @@ BAD_MANIFESTS = {
                  'manifest.json: encoding is "jpeg", not one of raw, png'),
     'missing_shard': (_remove_shards, '-00001-of-00004.tfrecord is listed in {manifest} but '
                                       'missing'),
+    'other_encoding': (_edit(lambda manifest: manifest.update(
+        encoding={'png': 'raw', 'raw': 'png'}[manifest['encoding']])),
+        ' does not hold {encoding} records'),
 }
 MANIFEST_READERS = {
     'train': lambda records_dir, run: [
@@ -255,9 +258,13 @@ def test_a_hand_edited_manifest_is_one_line_naming_it_and_nothing_is_written(
     before = listing(tmp_path)
     assert run_script(script, *MANIFEST_READERS[script](records_dir, run)) == 1
     [error] = error_lines(capsys)
-    message = message.format(manifest=records_dir / 'manifest.json')
+    message = message.format(manifest=records_dir / 'manifest.json',
+                             encoding=records.load_manifest(str(records_dir)).encoding
+                             if case == 'other_encoding' else None)
     if case == 'missing_shard':
         assert error.startswith(f'error: shard {records_dir}/') and error.endswith(message)
+    elif case == 'other_encoding':
+        assert error.startswith(f'error: shard {records_dir}/') and message in error, error
     else:
         assert error.startswith(f'error: {records_dir}/{message}'), error
     assert listing(tmp_path) == before
