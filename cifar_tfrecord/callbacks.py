@@ -358,6 +358,9 @@ def make_callbacks(model_dir: str, phase: str, images_per_epoch: int, seed: int,
     """
     chief_dir = chief_dir or model_dir
     callbacks = [
+        # Keras appends its own bar after these, which would end its line
+        # only after HistoryCSV had logged the epoch's summary onto it.
+        keras.callbacks.ProgbarLogger(),
         ReseedDropout(seed),
         AverageMovingStatistics(),
         keras.callbacks.TerminateOnNaN(),

@@ -2,11 +2,12 @@
 
 Every command would otherwise open with TensorFlow's start-up chatter (the
 oneDNN notice, `Could not find cuda drivers`, `failed call to cuInit` on a
-machine without a GPU), none of it about the command. Two sources:
+machine without a GPU), none of it about the command. Three sources:
 
 - Messages logged once TensorFlow's logging is set up obey
   `TF_CPP_MIN_LOG_LEVEL`, which must be set before TensorFlow loads: this
   module sets it to 3 (fatal only) unless the user set it.
+- TensorFlow's Python logger, below WARNING.
 - Messages logged while its shared libraries load, before absl's C++ logging
   is initialized, obey no setting (`WARNING: All log messages before
   absl::InitializeLog() is called are written to STDERR`). They are written
@@ -20,6 +21,7 @@ higher) on the command line, leaves TensorFlow's logging as it is.
 
 import contextlib
 import importlib.abc
+import logging
 import os
 import re
 import sys
@@ -47,6 +49,9 @@ def quiet_tensorflow(environ=os.environ, argv: list[str] | None = None) -> bool:
     if environ.get(VERBOSE_VARIABLE, '') not in ('', '0') or verbosity_requested(argv):
         return False
     environ.setdefault(LEVEL_VARIABLE, QUIET_LEVEL)
+    # TensorFlow's Python INFO lines (a SavedModel's 'Assets written to',
+    # 'Sharding callback duration') are about its internals too.
+    logging.getLogger('tensorflow').setLevel(logging.WARNING)
     level = _level(environ[LEVEL_VARIABLE])
     installed = any(isinstance(finder, _QuietTensorFlowFinder) for finder in sys.meta_path)
     if level > 0 and 'tensorflow' not in sys.modules and not installed:

@@ -107,3 +107,11 @@ def test_a_long_run_is_foretold_once_with_advice(tmp_path, caplog, monkeypatch, 
     warnings = [message for message in messages if 'over an hour' in message]
     assert warnings == ([] if advice is None else
                         ['That is over an hour on this machine. use the CPU recipe'])
+
+
+def test_the_progress_bar_ends_its_line_before_the_epochs_summary():
+    """Keras would append its own bar last, whose line would end only after
+    HistoryCSV had logged the summary onto it."""
+    names = [type(callback).__name__ for callback in callbacks.make_callbacks(
+        'run', 'fine_tune', images_per_epoch=16, seed=0, total_epochs=2)]
+    assert names.index('ProgbarLogger') < names.index('HistoryCSV')

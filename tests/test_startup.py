@@ -2,6 +2,7 @@
 script's --help and a failing command print only the project's lines."""
 
 import ast
+import logging
 import os
 import re
 import subprocess
@@ -34,10 +35,13 @@ def test_the_start_up_lines_below_the_level_are_dropped_and_others_kept(capfd, l
         OWN_LINES[:1] + kept + OWN_LINES[1:])
 
 
-def test_quiet_by_default_without_overriding_the_user():
+def test_quiet_by_default_without_overriding_the_user(monkeypatch):
+    logger = logging.getLogger('tensorflow')
+    monkeypatch.setattr(logger, 'level', logging.NOTSET)
     environ = {}
     assert startup.quiet_tensorflow(environ, ['train.py', '--batch_size=8'])
     assert environ == {'TF_CPP_MIN_LOG_LEVEL': '3'}
+    assert logger.level == logging.WARNING  # TensorFlow's Python INFO lines too.
     environ = {'TF_CPP_MIN_LOG_LEVEL': '1'}
     assert startup.quiet_tensorflow(environ, ['train.py'])
     assert environ == {'TF_CPP_MIN_LOG_LEVEL': '1'}
