@@ -495,9 +495,10 @@ def train_suite(records_dir: str, batch_size: int = 256, image_size: int = 32,
     train.compile_model(model, config, 'fine_tune', steps, 1,
                         train.resolve_jit_compile(config.jit_compile))
     for data in inputs.values():
-        model.fit(data, steps_per_epoch=2, epochs=1, verbose=0)  # Warms up.
+        model.fit(data, steps_per_epoch=2, epochs=1, shuffle=False, verbose=0)  # Warms up.
     seconds = best_times_in_turns(
-        {name: functools.partial(model.fit, data, steps_per_epoch=steps, epochs=1, verbose=0)
+        {name: functools.partial(model.fit, data, steps_per_epoch=steps, epochs=1,
+                                 shuffle=False, verbose=0)
          for name, data in inputs.items()}, repeats)
     synthetic = Result('train_synthetic', steps * batch_size, seconds['train_synthetic'])
     return [synthetic, relative('train_pipeline', steps * batch_size, seconds['train_pipeline'],

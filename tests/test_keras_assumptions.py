@@ -50,7 +50,7 @@ def test_fit_takes_steps_per_epoch_batches_an_epoch_from_one_iterator():
         lambda index: (tf.fill([1, 2], tf.cast(index, tf.float32)), tf.zeros([1, 1])))
     model = _small_model()
     model.compile(optimizer='sgd', loss='mse')
-    model.fit(dataset, initial_epoch=2, epochs=5, steps_per_epoch=3, verbose=0,
+    model.fit(dataset, initial_epoch=2, epochs=5, steps_per_epoch=3, shuffle=False, verbose=0,
               callbacks=[Record()])
     _canary(seen == [(epoch, batch) for epoch in (2, 3, 4) for batch in range(3)],
             f'fit(initial_epoch=2, epochs=5, steps_per_epoch=3) ran the steps {seen}')
