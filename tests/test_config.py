@@ -27,7 +27,7 @@ def test_shared_defaults_are_the_same_everywhere():
     assert InputConfig().batch_size == EvaluateConfig().batch_size == BenchmarkConfig().batch_size
 
 
-@pytest.mark.parametrize('suite, repeats', [('convert', 1), ('train', 2), ('input', 3)])
+@pytest.mark.parametrize('suite, repeats', [('convert', 1), ('train', 3), ('input', 3)])
 def test_each_benchmark_suite_has_its_runs_per_measurement(suite, repeats):
     assert BenchmarkConfig(suite=suite).runs_per_measurement() == repeats
     assert BenchmarkConfig(suite=suite, repeats=5).runs_per_measurement() == 5
