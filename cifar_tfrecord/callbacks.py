@@ -357,7 +357,10 @@ def make_callbacks(model_dir: str, phase: str, images_per_epoch: int, seed: int,
     and checkpoint are written again rather than lost.
     """
     chief_dir = chief_dir or model_dir
-    callbacks = [
+    # A test's kill comes first, before the bar draws the step: its line
+    # starts a line of its own.
+    callbacks = [FaultPoints()] if faults.enabled() else []
+    callbacks += [
         # Keras appends its own bar after these, which would end its line
         # only after HistoryCSV had logged the epoch's summary onto it.
         keras.callbacks.ProgbarLogger(),
@@ -369,8 +372,7 @@ def make_callbacks(model_dir: str, phase: str, images_per_epoch: int, seed: int,
         keras.callbacks.TensorBoard(run_folder.path(model_dir, run_folder.LOGS)),
         EpochBackup(model_dir, phase),
     ]
-    return callbacks + ([estimate] if estimate else []) + (
-        [FaultPoints()] if faults.enabled() else [])
+    return callbacks + ([estimate] if estimate else [])
 
 
 # ----------------------------------------------------------------------------

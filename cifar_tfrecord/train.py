@@ -61,7 +61,6 @@ def train(config: TrainConfig) -> dict | None:
     config.validate()
     # Every check that can fail comes before the first file is written.
     manifest = records.load_manifest(config.input.records_dir)
-    check_shards(config.input.records_dir, manifest)
     model_lib.check_weights(config.weights)
     state = resume_state(config, manifest)
     if state.finished:
@@ -71,6 +70,9 @@ def train(config: TrainConfig) -> dict | None:
     precision = resolve_precision(config.mixed_precision)
     keras.mixed_precision.set_global_policy(precision)
     strategy = make_strategy(config.strategy)
+    # After the strategy: reading a record starts TensorFlow's runtime, which
+    # a multi-worker strategy must configure first. Nothing is written yet.
+    check_shards(config.input.records_dir, manifest)
     steps_per_epoch = count_steps(config, manifest, strategy)
     logging.info('Strategy %s: %d replicas, %d images per replica, %s, XLA %s',
                  type(strategy).__name__, strategy.num_replicas_in_sync,
