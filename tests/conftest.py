@@ -9,6 +9,7 @@ import csv
 import importlib.util
 import itertools
 import os
+import signal
 import tempfile
 
 import keras
@@ -103,6 +104,21 @@ def read_history(model_dir) -> list[dict]:
     """A run's history.csv, one dict per epoch."""
     with open(os.path.join(model_dir, 'history.csv')) as file:
         return list(csv.DictReader(file))
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _interruptible_processes():
+    """Ctrl-C reaches the processes the tests start, however the suite was.
+
+    A shell without job control starts a command run in the background
+    (`bash scripts/test.sh &`) with SIGINT ignored, which every process it
+    starts inherits, and Python then never raises KeyboardInterrupt: the
+    Ctrl-C tests would see their processes carry on. A handler, unlike an
+    ignored signal, is not inherited: this process's children start with
+    SIGINT's default.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope='session', autouse=True)
