@@ -45,6 +45,7 @@ from typing import BinaryIO, Callable, Iterator
 import py7zr
 import py7zr.io
 
+from cifar_tfrecord import errors
 from cifar_tfrecord import faults
 from cifar_tfrecord import files
 
@@ -299,9 +300,7 @@ def _serve(path: str, member: str, limits: Limits, frames: BinaryIO) -> None:
                            'memory allowed')
         return
     except Exception as error:  # py7zr and its decompressors raise many kinds.
-        reason = str(error).strip().split('\n')[0][:200]
-        sender.send(ERROR, f'not a valid 7z archive ({type(error).__name__}'
-                           + (f': {reason})' if reason else ')'))
+        sender.send(ERROR, f'not a valid 7z archive ({errors.describe(error)})')
         return
     sender.send(DONE, None)
 

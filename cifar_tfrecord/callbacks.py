@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from cifar_tfrecord import errors
 from cifar_tfrecord import faults
 from cifar_tfrecord import json_fields
 from cifar_tfrecord import run_folder
@@ -420,14 +421,13 @@ def check_resumable(model_dir: str) -> RunState:
     best_record = run_folder.path(model_dir, run_folder.BEST_RECORD)
     if tf.io.gfile.exists(best_record):
         read_best_record(best_record)
-    final = run_folder.path(model_dir, run_folder.FINAL_MODEL)
-    if (state.backup is not None and not state.finished and not tf.io.gfile.exists(final)
-            and not tf.io.gfile.exists(run_folder.path(model_dir, state.backup))):
-        raise UserInputError(f'{run_folder.path(model_dir, run_folder.STATE)} names the backup '
-                             f'{state.backup}, which is missing')
-    backup = run_folder.path(model_dir, state.backup) if state.backup else None
-    if backup and not state.finished and tf.io.gfile.exists(backup):
-        _check_backup(backup)
+    if state.backup is not None and not state.finished:
+        backup = run_folder.path(model_dir, state.backup)
+        if tf.io.gfile.exists(backup):
+            _check_backup(backup)
+        elif not tf.io.gfile.exists(run_folder.path(model_dir, run_folder.FINAL_MODEL)):
+            raise UserInputError(f'{run_folder.path(model_dir, run_folder.STATE)} names the '
+                                 f'backup {state.backup}, which is missing')
     return state
 
 
@@ -438,8 +438,8 @@ def _check_backup(path: str) -> None:
         with tf.io.gfile.GFile(path, 'rb') as file, h5py.File(file, 'r'):
             pass
     except (OSError, ValueError, tf.errors.OpError) as error:
-        reason = str(error).strip().split('\n')[0][:200]
-        raise UserInputError(f'{path} cannot be read as this run\'s weights ({reason})') from None
+        raise UserInputError(f'{path} cannot be read as this run\'s weights '
+                             f'({errors.first_line(str(error))})') from None
 
 
 def _check_history_for_resume(model_dir: str, state: RunState) -> None:

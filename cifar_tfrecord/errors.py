@@ -9,6 +9,17 @@ class UserInputError(Exception):
     """
 
 
+def first_line(text: str) -> str:
+    """What a one-line error quotes of another message: its first line, cut short."""
+    return text.strip().split('\n')[0][:200]
+
+
+def describe(error: Exception) -> str:
+    """An exception as a short phrase for a one-line error: 'OSError: what'."""
+    message = first_line(str(error))
+    return f'{type(error).__name__}: {message}' if message else type(error).__name__
+
+
 class Interrupted(Exception):
     """Ctrl-C stopped the work; the message says what was kept.
 

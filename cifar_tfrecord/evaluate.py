@@ -33,7 +33,7 @@ from cifar_tfrecord import run_folder
 from cifar_tfrecord import sources
 from cifar_tfrecord.callbacks import write_text_atomically
 from cifar_tfrecord.config import InputConfig
-from cifar_tfrecord.errors import UserInputError
+from cifar_tfrecord.errors import UserInputError, describe
 from cifar_tfrecord.progress import Progress
 
 SAMPLE_COUNT = 256
@@ -348,9 +348,8 @@ def load_image_for_model(path: str) -> np.ndarray:
         except UnidentifiedImageError as error:
             raise UnreadableImageError(path, 'not a PNG or JPEG image') from error
         except Exception as error:  # PIL's decoders fail in many ways: OSError, SyntaxError ...
-            first_line = str(error).strip().split('\n', 1)[0]
             raise UnreadableImageError(
-                path, f'unreadable image data ({type(error).__name__}: {first_line})') from error
+                path, f'unreadable image data ({describe(error)})') from error
     height, width, _ = records.IMAGE_SHAPE
     return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.uint8)
 

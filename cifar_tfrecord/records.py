@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
+from cifar_tfrecord import errors
 from cifar_tfrecord import faults
 from cifar_tfrecord import files
 from cifar_tfrecord.errors import UserInputError
@@ -386,9 +387,8 @@ def _check_first_record(path: str, encoding: str, manifest: str) -> None:
         for record in tf.data.TFRecordDataset(path).take(1):
             parse_examples(tf.reshape(record, [1]), encoding)
     except tf.errors.OpError as error:
-        reason = error.message.strip().split('\n')[0][:200]
         raise UserInputError(f'shard {path} does not hold {encoding} records, as {manifest} '
-                             f'says ({reason})') from None
+                             f'says ({errors.first_line(error.message)})') from None
 
 
 # ----------------------------------------------------------------------------

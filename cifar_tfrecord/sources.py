@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from cifar_tfrecord import archive
+from cifar_tfrecord import errors
 from cifar_tfrecord import files
 from cifar_tfrecord import records
 from cifar_tfrecord.errors import UserInputError
@@ -486,7 +487,7 @@ class _Zip:
         try:
             self._zip = zipfile.ZipFile(tf.io.gfile.GFile(path, 'rb'))
         except Exception as error:  # zipfile raises many kinds on a corrupt zip.
-            raise UserInputError(f'{path} is not a valid zip file ({_reason(error)})') from None
+            raise UserInputError(f'{path} is not a valid zip file ({errors.describe(error)})') from None
         names = self._zip.namelist()
         if len(names) > MAX_ZIP_ENTRIES:
             raise UserInputError(f'{path} holds {len(names):,} entries, more than the '
@@ -518,7 +519,7 @@ class _Zip:
         try:
             return self._zip.read(name)
         except Exception as error:  # zipfile raises many kinds on corrupt data.
-            raise UserInputError(f'{self.path}: cannot read {name} ({_reason(error)})') from None
+            raise UserInputError(f'{self.path}: cannot read {name} ({errors.describe(error)})') from None
 
     def fingerprint(self) -> list:
         stat = tf.io.gfile.stat(self.path)
@@ -532,12 +533,6 @@ class _Zip:
         on_count(len(members))
         for member in members:
             yield member, self.read_bytes(member, MAX_IMAGE_BYTES)
-
-
-def _reason(error: Exception) -> str:
-    """An exception as a short phrase for a one-line message."""
-    message = str(error).strip().split('\n')[0][:200]
-    return f'{type(error).__name__}: {message}' if message else type(error).__name__
 
 
 # ----------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from absl import logging
 from cifar_tfrecord import callbacks as run_callbacks
 from cifar_tfrecord import cli
 from cifar_tfrecord import config as config_lib
+from cifar_tfrecord import errors
 from cifar_tfrecord import evaluate
 from cifar_tfrecord import json_fields
 from cifar_tfrecord import model as model_lib
@@ -260,9 +261,8 @@ def load_backup(model: keras.Model, model_dir: str, state: run_callbacks.RunStat
     try:
         model.load_weights(path)
     except (OSError, ValueError) as error:  # h5py and Keras: a damaged or foreign file.
-        reason = str(error).strip().split('\n')[0][:200]
-        raise UserInputError(f'{path} cannot be read as this run\'s weights ({reason}); '
-                             f'{_START_AFRESH}') from None
+        raise UserInputError(f'{path} cannot be read as this run\'s weights '
+                             f'({errors.first_line(str(error))}); {_START_AFRESH}') from None
 
 
 def _service_job_prefix(strategy: tf.distribute.Strategy) -> str:
