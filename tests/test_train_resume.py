@@ -6,10 +6,11 @@ sleeps): each kill must land where it was asked, or the test fails. Each
 chain of kills and reruns is compared with one uninterrupted run of the same
 flags: final weights bit for bit, and the history's loss columns.
 
-The two chains together cover: mid-epoch and between epochs, in the freeze
+The chains together cover: mid-epoch and between epochs, in the freeze
 phase and in the fine-tune phase, inside a save, --freeze_epochs=0 and 1,
---weights=none and a weights file, the memory cache and --cache=PATH,
-float32 and mixed bfloat16. tests/test_launch.py resumes two workers.
+--weights=none and a weights file (each with --freeze_epochs=0), the memory
+cache and --cache=PATH (each with a weights file), float32 and mixed
+bfloat16. tests/test_launch.py resumes two workers.
 """
 
 import os
@@ -129,6 +130,21 @@ def test_from_scratch_in_bfloat16_with_a_file_cache_resumes_exactly(sample_recor
     assert not [path for path in run.rglob('*') if '.partial' in path.name]
     result = _completed(run, flags)
     assert 'Resuming after epoch 2' in result.stderr
+    _assert_same_run(run, tmp_path / 'reference')
+
+
+def test_fine_tuning_a_weights_file_without_a_freeze_phase_resumes_exactly(
+        sample_records, backbone_weights, tmp_path):
+    # The pairs the two chains above leave out: a weights file with
+    # --freeze_epochs=0, and a weights file with --cache=PATH.
+    flags = _flags(sample_records, f'--weights={backbone_weights}', '--freeze_epochs=0',
+                   '--fine_tune_epochs=2', f'--cache={tmp_path / "cache" / "images"}')
+    _completed(tmp_path / 'reference', flags)
+
+    run = tmp_path / 'run'
+    _killed(run, flags, 'train_step', 3)       # Mid-epoch 2, after the backup of epoch 1.
+    result = _completed(run, flags)
+    assert 'Resuming after epoch 1' in result.stderr
     _assert_same_run(run, tmp_path / 'reference')
 
 
