@@ -3,8 +3,3 @@
 The modules follow the data: sources -> convert (records) -> pipeline ->
 model -> train -> plots -> benchmark.
 """
-
-from cifar_tfrecord import startup
-
-# Before any module of the package imports TensorFlow.
-startup.quiet_tensorflow()

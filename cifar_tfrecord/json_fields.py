@@ -1,11 +1,11 @@
-"""Checks JSON that a person may have edited against the dataclass it was written from.
+"""JSON that a person may have edited, read back into the dataclass it was written from.
 
-The manifest, a run's config.json, state.json and best.json are each
-`dataclasses.asdict` of a dataclass, or hold one. Read back, every key must
-be one of its fields, and every value of its field's type, or the reader
-would fail later, far from the file, in a traceback. The errors name the key
-by its path, `splits.train.shards[0].num_examples`, and the value as the
-file has it; the caller adds the file.
+The manifest and a run's config.json, state.json, best.json and metrics.json
+are each `dataclasses.asdict` of a dataclass. Read back, every field must be
+there, no key may be unknown, and every value must be of its field's type,
+or the reader would fail later, far from the file, in a traceback. Errors
+name the key by its path, `splits.train.shards[0].num_examples`, and the
+value as the file has it; the caller adds the file.
 
 No TensorFlow here: plots read run folders and start without it.
 """
@@ -20,58 +20,57 @@ class FieldError(ValueError):
     """JSON that does not match its dataclass; the message names the key."""
 
 
-def check_object(value, where: str) -> dict:
-    """`value` itself, when it is a JSON object."""
-    if not isinstance(value, dict):
-        raise FieldError(f'{where} must be a JSON object, not {shown(value)}')
-    return value
+def parse(data, fields_of, where: str = ''):
+    """The `fields_of` dataclass that `data` (a JSON value) holds.
 
+    Nested dataclasses, tuples (JSON lists) and dicts of them are built as
+    their annotations say. An unknown key is refused, not ignored: these
+    files are written by this code alone, so it is a hand edit, or a newer
+    version's field whose meaning this code would miss.
 
-def check_keys(data: dict, fields_of, prefix: str = '', required: bool = True) -> None:
-    """The fields of the dataclass `fields_of`, each (unless not `required`)
-    and no other; names the first key missing or unknown.
-
-    An unknown key is refused, not ignored: these files are written by this
-    code alone, so it is a hand edit, or a newer version's field whose
-    meaning this code would miss.
+    Raises:
+        FieldError: naming the first key missing, unknown or of another type.
     """
-    expected = [field.name for field in dataclasses.fields(fields_of)]
-    missing = [key for key in expected if key not in data] if required else []
+    if not isinstance(data, dict):
+        raise FieldError(f'{where or "the file"} must be a JSON object, not {shown(data)}')
+    prefix = f'{where}.' if where else ''
+    names = [field.name for field in dataclasses.fields(fields_of)]
+    missing = [name for name in names if name not in data]
     if missing:
         raise FieldError(f'lacks the key {prefix}{missing[0]}')
-    unknown = [key for key in data if key not in expected]
+    unknown = [key for key in data if key not in names]
     if unknown:
         raise FieldError(f'has an unknown key {prefix}{unknown[0]} (the keys there are '
-                         f'{", ".join(expected)})')
+                         f'{", ".join(names)})')
+    hints = typing.get_type_hints(fields_of)
+    return fields_of(**{name: _value(data[name], hints[name], prefix + name) for name in names})
 
 
-def check_fields(data, fields_of, prefix: str = '', required: bool = True) -> dict:
-    """`check_keys`, then each value checked against its field's annotation,
-    nested dataclasses included. Returns `data`."""
-    check_object(data, prefix.rstrip('.') or 'the file')
-    check_keys(data, fields_of, prefix, required)
-    for field in dataclasses.fields(fields_of):
-        if field.name in data:
-            check_type(data[field.name], field.type, prefix + field.name, required)
-    return data
-
-
-def check_type(value, annotation, where: str, required: bool = True) -> None:
-    """A value of a field annotated int, float, bool, str, a union of them
-    with None, a tuple (a JSON list), a dict, or a nested dataclass (whose
-    keys are `required` or not)."""
+def _value(value, annotation, where: str):
+    """`value` as `annotation` has it, checked; nested containers built."""
     if dataclasses.is_dataclass(annotation):
-        check_fields(value, annotation, where + '.', required)
-        return
-    allowed = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
-    if not any(_is_of(value, kind) for kind in allowed):
-        names = ' or '.join(_type_name(kind) for kind in allowed)
-        raise FieldError(f'{where} must be {names}, not {shown(value)}')
+        return parse(value, annotation, where)
+    if isinstance(annotation, types.UnionType):  # `str | None`, `bool | None`
+        kinds = annotation.__args__
+        if value is None and type(None) in kinds:
+            return None
+        kind = next(kind for kind in kinds if kind is not type(None))
+        if not _is_of(value, kind):
+            names = ' or '.join(_type_name(kind) for kind in kinds)
+            raise FieldError(f'{where} must be {names}, not {shown(value)}')
+        return _value(value, kind, where)
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if not _is_of(value, annotation):
+        raise FieldError(f'{where} must be {_type_name(annotation)}, not {shown(value)}')
+    if origin is tuple:  # tuple[X, ...]
+        return tuple(_value(item, arguments[0], f'{where}[{index}]')
+                     for index, item in enumerate(value))
+    if origin is dict:  # dict[str, X]
+        return {key: _value(item, arguments[1], f'{where}.{key}') for key, item in value.items()}
+    return float(value) if annotation is float else value
 
 
 def _is_of(value, kind) -> bool:
-    if kind is type(None):
-        return value is None
     if kind is bool or isinstance(value, bool):  # To Python, True is an int; to JSON, not.
         return kind is bool and isinstance(value, bool)
     if kind is float:
@@ -87,7 +86,12 @@ def _type_name(kind) -> str:
         return 'null'
     origin = typing.get_origin(kind) or kind
     return {bool: 'true or false', int: 'a whole number', float: 'a number', str: 'a string',
-            tuple: 'a list', list: 'a list', dict: 'a JSON object'}.get(origin, str(kind))
+            tuple: 'a list', dict: 'a JSON object'}.get(origin, str(kind))
+
+
+def to_json(value) -> str:
+    """A dataclass as the JSON text `parse` reads back."""
+    return json.dumps(dataclasses.asdict(value), indent=2) + '\n'
 
 
 def shown(value, limit: int = 60) -> str:

@@ -1,11 +1,8 @@
 """A multi-worker job on one machine: N copies of a command, one cluster.
 
-Each copy gets its own TF_CONFIG, naming every worker's address and its own
-index, exactly as on separate hosts, so `MultiWorkerMirroredStrategy` and the
-chief-only outputs run here as they would on several machines. The launcher
-prefixes each worker's output with its index, waits for all of them, and when
-one fails stops the others: a worker left alone would wait forever in its
-next collective operation.
+Each copy gets its own TF_CONFIG, as on separate hosts. Each worker's output
+is prefixed with its index; when one fails the others are stopped, since a
+worker left alone would wait forever in its next collective operation.
 """
 
 import contextlib
@@ -22,64 +19,35 @@ import time
 from cifar_tfrecord.config import LaunchConfig
 
 _POLL_SECONDS = 0.2
-_FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclasses.dataclass(frozen=True)
 class LaunchResult:
-    """How each worker ended; `failed` is the first worker seen to fail."""
+    """How each worker ended; `failed` is the first worker seen to fail, if any."""
     statuses: tuple[int, ...]
     failed: int | None
     interrupted: bool = False  # The launcher got SIGINT (Ctrl-C) and passed it on.
 
-    @property
-    def succeeded(self) -> bool:
-        return self.failed is None
-
 
 def free_ports(host: str, count: int) -> list[int]:
     """Ports free on `host`; each is held until all are chosen, so they differ."""
-    probes = []
-    try:
-        for _ in range(count):
-            probe = socket.socket()
-            probe.bind((host, 0))
-            probes.append(probe)
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
         for probe in probes:
-            probe.close()
-
-
-def tf_config(addresses: list[str], index: int) -> str:
-    """The TF_CONFIG of worker `index` in a cluster of workers only.
-
-    Without a 'chief' task, worker 0 is the chief: it writes the outputs.
-    """
-    return json.dumps({'cluster': {'worker': list(addresses)},
-                       'task': {'type': 'worker', 'index': index}})
+            probe.bind((host, 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 def describe_status(status: int) -> str:
     """'exit status 2', or 'killed by SIGKILL' for a negative Popen status."""
-    if status < 0:
-        return f'killed by {signal.Signals(-status).name}'
-    return f'exit status {status}'
+    return f'killed by {signal.Signals(-status).name}' if status < 0 else f'exit status {status}'
 
 
 def launch(config: LaunchConfig, command: list[str]) -> LaunchResult:
-    """Runs `command` as each worker of a local cluster, and waits for all.
-
-    Args:
-        config: how many workers, on which host, how long stopping may take.
-        command: the program and its arguments, the same for every worker.
-
-    Returns:
-        Every worker's exit status; when one failed, the others were stopped.
-    """
+    """Runs `command` as each worker of a local cluster, and waits for all;
+    when one fails, stops the others."""
     config.validate()
-    ports = free_ports(config.host, config.num_workers)
-    addresses = [f'{config.host}:{port}' for port in ports]
+    addresses = [f'{config.host}:{port}' for port in free_ports(config.host, config.num_workers)]
     workers = [_start(command, addresses, index) for index in range(config.num_workers)]
     print_lock = threading.Lock()
     readers = [threading.Thread(target=_copy_output, args=(worker, index, print_lock), daemon=True)
@@ -97,7 +65,9 @@ def launch(config: LaunchConfig, command: list[str]) -> LaunchResult:
 
 
 def _start(command: list[str], addresses: list[str], index: int) -> subprocess.Popen:
-    environment = dict(os.environ, TF_CONFIG=tf_config(addresses, index), PYTHONUNBUFFERED='1')
+    # Without a 'chief' task, worker 0 is the chief.
+    tf_config = {'cluster': {'worker': addresses}, 'task': {'type': 'worker', 'index': index}}
+    environment = dict(os.environ, TF_CONFIG=json.dumps(tf_config), PYTHONUNBUFFERED='1')
     # A session of its own: a Ctrl-C reaches the worker once, forwarded by
     # the launcher, rather than twice.
     worker = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE,
@@ -117,11 +87,9 @@ def _wait(workers: list[subprocess.Popen]) -> int | None:
     """Waits until every worker succeeded (None) or one failed (its index)."""
     while True:
         statuses = [worker.poll() for worker in workers]
-        for index, status in enumerate(statuses):
-            if status is not None and status != 0:
-                return index
-        if all(status == 0 for status in statuses):
-            return None
+        failed = [index for index, status in enumerate(statuses) if status not in (None, 0)]
+        if failed or all(status == 0 for status in statuses):
+            return failed[0] if failed else None
         time.sleep(_POLL_SECONDS)
 
 
@@ -141,13 +109,9 @@ def _stop(workers: list[subprocess.Popen], grace_seconds: float) -> None:
 
 @contextlib.contextmanager
 def _forwarding_signals(workers: list[subprocess.Popen]):
-    """Within the block, SIGINT and SIGTERM to the launcher go to the workers.
-
-    The workers then fail, and the launcher stops the rest and reports it.
-    Yields the list of the signals received.
-    Handlers can only be set from the main thread; elsewhere this does nothing.
-    """
-
+    """Within the block, SIGINT and SIGTERM to the launcher go to the workers,
+    which then fail. Yields the list of the signals received. Handlers can
+    only be set from the main thread; elsewhere this does nothing."""
     received = []
 
     def forward(number, frame):
@@ -156,10 +120,9 @@ def _forwarding_signals(workers: list[subprocess.Popen]):
             if worker.poll() is None:
                 worker.send_signal(number)
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for number in _FORWARDED_SIGNALS:
-            previous[number] = signal.signal(number, forward)
+    previous = {number: signal.signal(number, forward)
+                for number in (signal.SIGINT, signal.SIGTERM)
+                if threading.current_thread() is threading.main_thread()}
     try:
         yield received
     finally:

@@ -1,14 +1,11 @@
 """ResNet50 with ImageNet weights, a small head, and in-model preprocessing.
 
-The model takes a tensor of images and knows nothing of the input pipeline.
-The one file it reads is a backbone weights file (Keras 2's layout, as Keras
-downloads it, or Keras 3's .weights.h5), checked here first so that a wrong
-one is refused in one line saying what is wrong. Every layer is one of
-Keras' own (no Lambda, no class of this package), so a saved model loads with
-`safe_mode=True` in any Python that has Keras.
+The one file it reads is a backbone weights file, checked here first so that
+a wrong one is refused in one line saying what is wrong. Every layer is one
+of Keras' own (no Lambda, no class of this package), so a saved model loads
+with `safe_mode=True` in any Python that has Keras.
 
-    uint8 32x32 images -> preprocessing (caffe normalization, upsampling;
-       Keras' own layers, see build_preprocessing)
+    uint8 32x32 images -> preprocessing (caffe normalization, upsampling)
     -> ResNet50 backbone (pretrained, its BatchNorm layers stay frozen, so
        in inference mode, in both phases; from scratch they train as usual)
     -> global average pooling -> Dense -> BatchNorm -> ReLU -> Dropout
@@ -23,15 +20,13 @@ import keras
 import numpy as np
 
 from cifar_tfrecord import interpolation
-from cifar_tfrecord.errors import UserInputError
+from cifar_tfrecord import records
+from cifar_tfrecord.errors import UserInputError, describe, first_line
 
-NUM_CLASSES = 10
 INPUT_SIZE = 32
 BACKBONE_NAME = 'resnet50'
 # What Keras downloads for ResNet50 without its top: the file --weights=PATH stands in for.
 NOTOP_WEIGHTS_FILE = 'resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5'
-
-
 # ImageNet's mean colour, which `keras.applications.resnet50.preprocess_input`
 # subtracts from BGR images in caffe mode, in the same BGR order.
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -39,15 +34,9 @@ IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 
 def build_preprocessing(normalization: str = 'caffe', image_size: int = 224,
                         upsample_method: str = 'bilinear') -> keras.Sequential:
-    """uint8 32x32 images to the backbone's input: normalized, then upsampled.
-
-    The same computation as `pipeline.normalize` then `pipeline.upsample` on
-    the host. Running in the model puts the work on the accelerator, and lets
-    the exported model take raw images. Only Keras' own layers, no class of
-    this package, so a saved model loads in any Python that has Keras. All
-    float32, even under mixed precision: the ImageNet mean subtraction loses
-    too much in bfloat16. Nothing here trains.
-    """
+    """uint8 32x32 images to the backbone's input, as `pipeline.normalize` then
+    `pipeline.upsample`. Float32 even under mixed precision (the ImageNet
+    mean subtraction loses too much in bfloat16); nothing here trains."""
     layers = [keras.Input((INPUT_SIZE, INPUT_SIZE, 3), dtype='uint8'),
               *_normalization_layers(normalization)]
     if image_size != INPUT_SIZE:
@@ -61,26 +50,17 @@ def _normalization_layers(normalization: str) -> list[keras.layers.Layer]:
         # Rescaling(1 / 255) would multiply, one ulp off for half the values.
         return [keras.layers.Normalization(axis=None, mean=0.0, variance=255.0**2,
                                            dtype='float32', name='unit_normalization')]
-    # Rescaling by 1 only casts uint8 to float32, which a convolution needs.
-    return [keras.layers.Rescaling(1.0, dtype='float32', name='to_float32'),
-            _caffe_normalization()]
-
-
-def _caffe_normalization() -> keras.layers.Conv2D:
-    """RGB to BGR, minus ImageNet's mean: `preprocess_input` in caffe mode.
-
-    A 1x1 convolution whose kernel swaps the first and last channels and
-    whose bias is minus the mean. It swaps the integer pixel values, which
-    stay exact even where a GPU multiplies in TensorFloat-32; the mean is
-    then added in float32, as Keras' function adds it.
-    """
-    layer = keras.layers.Conv2D(3, 1, trainable=False, dtype='float32',
+    # RGB to BGR minus ImageNet's mean, as a 1x1 convolution: it swaps the
+    # integer pixel values, exact even where a GPU multiplies in
+    # TensorFloat-32, then adds the mean in float32, as Keras' function does.
+    caffe = keras.layers.Conv2D(3, 1, trainable=False, dtype='float32',
                                 name='caffe_normalization')
-    layer.build((None, INPUT_SIZE, INPUT_SIZE, 3))
+    caffe.build((None, INPUT_SIZE, INPUT_SIZE, 3))
     # kernel[0, 0, input channel, output channel]: output c is input 2 - c.
     swap = np.eye(3, dtype=np.float32)[::-1].reshape(1, 1, 3, 3)
-    layer.set_weights([swap, -np.array(IMAGENET_MEAN_BGR, dtype=np.float32)])
-    return layer
+    caffe.set_weights([swap, -np.array(IMAGENET_MEAN_BGR, dtype=np.float32)])
+    # Rescaling by 1 only casts uint8 to float32, which a convolution needs.
+    return [keras.layers.Rescaling(1.0, dtype='float32', name='to_float32'), caffe]
 
 
 def _upsampling_layers(image_size: int, upsample_method: str) -> list[keras.layers.Layer]:
@@ -111,25 +91,17 @@ def _fixed_product(equation: str, input_shape: tuple, output_shape: tuple,
 def build_model(weights: str, image_size: int, preprocess: bool, normalization: str = 'caffe',
                 upsample_method: str = 'bilinear', head_units: int = 256,
                 dropout: float = 0.3, batch_norm_momentum: float = 0.9) -> keras.Model:
-    """The classifier.
+    """The classifier, from `weights` ('imagenet', 'none' or a weights file).
 
-    Args:
-        weights: 'imagenet' (Keras' own), 'none' (random), or a weights file.
-        image_size: side of the backbone's input.
-        preprocess: the model takes uint8 32x32 images and normalizes and
-            upsamples them itself; otherwise it takes images the host already
-            prepared at `image_size`.
-        normalization, upsample_method: as in the input configuration.
-        head_units, dropout: the head's width and dropout rate.
-        batch_norm_momentum: of every BatchNormalization layer; the frozen
-            ones of a pretrained backbone never update, so never use it.
+    With `preprocess` it takes uint8 32x32 images and normalizes and upsamples
+    them itself; otherwise images the host prepared at `image_size`.
     """
     if preprocess:
         inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), dtype='uint8', name='images')
         features = build_preprocessing(normalization, image_size, upsample_method)(inputs)
     else:
-        inputs = keras.Input((image_size, image_size, 3), dtype='float32', name='images')
-        features = inputs
+        inputs = features = keras.Input((image_size, image_size, 3), dtype='float32',
+                                        name='images')
     backbone = build_backbone(weights, image_size)
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -144,19 +116,15 @@ def build_model(weights: str, image_size: int, preprocess: bool, normalization: 
                                                name='head_norm')(features)
     features = keras.layers.Activation('relu', name='head_relu')(features)
     features = keras.layers.Dropout(dropout, name='head_dropout')(features)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation='softmax', dtype='float32',
+    outputs = keras.layers.Dense(records.NUM_CLASSES, activation='softmax', dtype='float32',
                                  name='probabilities')(features)
     return keras.Model(inputs, outputs, name='cifar10_resnet50')
 
 
 def check_weights(weights: str) -> None:
-    """Refuses, before anything starts, a weights file no ResNet50 can load.
-
-    Reads the file alone, with h5py and no TensorFlow, so a trainer calls it
-    before creating its distribution strategy (multi-worker collectives must
-    be set up before TensorFlow starts). That the file's layers match the
-    backbone's is checked when the backbone is built (see build_backbone).
-    """
+    """Refuses a weights file no ResNet50 can load, with h5py alone: a trainer
+    calls it before its distribution strategy exists (multi-worker collectives
+    must be set up before TensorFlow starts). `build_backbone` matches layers."""
     if weights not in ('imagenet', 'none'):
         _read_weights_file(weights)
 
@@ -164,7 +132,14 @@ def check_weights(weights: str) -> None:
 def build_backbone(weights: str, image_size: int) -> keras.Model:
     """ResNet50 without its top, from the requested weights."""
     if weights == 'imagenet':
-        return _imagenet_backbone(image_size)
+        try:
+            return keras.applications.ResNet50(include_top=False, weights='imagenet',
+                                               input_shape=(image_size, image_size, 3))
+        except Exception as error:  # Download and file errors come in many kinds.
+            raise UserInputError(
+                f'could not fetch the ImageNet weights of ResNet50 ({describe(error)}); check '
+                f'the network, or use --weights=none, or --weights=PATH to a local '
+                f'{NOTOP_WEIGHTS_FILE}') from error
     contents = None if weights == 'none' else _read_weights_file(weights)
     backbone = keras.applications.ResNet50(include_top=False, weights=None,
                                            input_shape=(image_size, image_size, 3))
@@ -174,24 +149,8 @@ def build_backbone(weights: str, image_size: int) -> keras.Model:
             backbone.load_weights(weights)
         except Exception as error:  # Keras' own checks, should ours have missed one.
             raise UserInputError(
-                f'--weights={weights}: cannot load ({_first_line(error)})') from error
+                f'--weights={weights}: cannot load ({first_line(str(error))})') from error
     return backbone
-
-
-def _imagenet_backbone(image_size: int) -> keras.Model:
-    try:
-        return keras.applications.ResNet50(include_top=False, weights='imagenet',
-                                           input_shape=(image_size, image_size, 3))
-    except Exception as error:  # Download and file errors come in many kinds.
-        raise UserInputError(
-            f'could not fetch the ImageNet weights of ResNet50 ({type(error).__name__}: '
-            f'{_first_line(error)}); check the network, or use --weights=none, or '
-            f'--weights=PATH to a local {NOTOP_WEIGHTS_FILE}') from error
-
-
-def _first_line(error: Exception) -> str:
-    """Keras' messages run over many lines; a user error is reported in one."""
-    return str(error).strip().split('\n', 1)[0]
 
 
 # Weights files. Keras picks its loader by the file's name: `.weights.h5`
@@ -207,11 +166,8 @@ _EXPECTED = f'expected the weights of ResNet50 without its top, like {NOTOP_WEIG
 
 @dataclasses.dataclass(frozen=True)
 class _WeightsFile:
-    """A weights file's layers with weights, and the shapes of their weights.
-
-    In a legacy (Keras 2) file the layers come in the order Keras loads them;
-    in a Keras 3 file, in the file's (alphabetical) order.
-    """
+    """A weights file's layers with weights, and their weights' shapes: in the
+    order Keras loads them (Keras 2), or in the file's (Keras 3)."""
     legacy: bool
     layers: list[tuple[str, list[tuple[int, ...]]]]
 
@@ -225,63 +181,50 @@ def _read_weights_file(path: str) -> _WeightsFile:
     if os.path.getsize(path) == 0:
         raise UserInputError(f'--weights={path}: the file is empty; {_EXPECTED}')
     if not h5py.is_hdf5(path):
+        with open(path, 'rb') as file:  # Enough to tell a web page, a Git LFS pointer.
+            start = file.read(16)
         raise UserInputError(f'--weights={path}: not an HDF5 file (it starts with '
-                             f'{_first_bytes(path)!r}); {_EXPECTED}')
+                             f'{start!r}); {_EXPECTED}')
     try:
         with h5py.File(path, 'r') as file:
             contents = _read_contents(path, file)
     except (OSError, KeyError, ValueError) as error:  # A damaged or incomplete file.
         raise UserInputError(
-            f'--weights={path}: unreadable HDF5 ({_first_line(error)})') from error
+            f'--weights={path}: unreadable HDF5 ({first_line(str(error))})') from error
     _check_name(path, contents.legacy)
-    _check_no_top(path, contents)
+    for name, shapes in contents.layers:
+        # Weights of two dimensions are a Dense layer's: the backbone has none.
+        if any(len(shape) == 2 for shape in shapes):
+            raise UserInputError(
+                f"--weights={path}: includes the classification top (layer '{name}', weights "
+                f'{_shapes_text(shapes)}); use the weights without it, {NOTOP_WEIGHTS_FILE}')
     return contents
-
-
-def _first_bytes(path: str) -> bytes:
-    """Enough of a file to tell what it is instead: a web page, a Git LFS pointer."""
-    with open(path, 'rb') as file:
-        return file.read(16)
 
 
 def _read_contents(path: str, file: h5py.File) -> _WeightsFile:
     if 'layer_names' not in file.attrs and 'model_weights' in file:
         file = file['model_weights']  # A whole Keras 2 model, as Keras reads it.
-    if _strings(file, 'layer_names'):
-        return _WeightsFile(legacy=True, layers=_legacy_layers(file))
+    if names := _strings(file, 'layer_names'):
+        layers = [(name, [file[name][weight].shape
+                          for weight in _strings(file[name], 'weight_names')]) for name in names]
+        # Keras skips layers without weights, in the file and in the model.
+        return _WeightsFile(legacy=True, layers=[layer for layer in layers if layer[1]])
     if 'layers' in file:
-        return _WeightsFile(legacy=False, layers=_keras_layers(file['layers']))
+        shapes = {}
+
+        def add(name, item):
+            if isinstance(item, h5py.Dataset):
+                shapes.setdefault(name.rpartition('/vars/')[0], []).append(item.shape)
+
+        file['layers'].visititems(add)
+        return _WeightsFile(legacy=False, layers=list(shapes.items()))
     raise UserInputError(f"--weights={path}: an HDF5 file without Keras weights (no "
                          f"'layer_names' attribute, no 'layers' group); {_EXPECTED}")
 
 
-def _legacy_layers(root: h5py.Group) -> list[tuple[str, list[tuple[int, ...]]]]:
-    layers = []
-    for name in _strings(root, 'layer_names'):
-        group = root[name]
-        shapes = [group[weight].shape for weight in _strings(group, 'weight_names')]
-        if shapes:  # Keras skips layers without weights, in the file and in the model.
-            layers.append((name, shapes))
-    return layers
-
-
-def _keras_layers(group: h5py.Group) -> list[tuple[str, list[tuple[int, ...]]]]:
-    shapes = {}
-
-    def add(name, item):
-        if isinstance(item, h5py.Dataset):
-            shapes.setdefault(name.rpartition('/vars/')[0], []).append(item.shape)
-
-    group.visititems(add)
-    return list(shapes.items())
-
-
 def _strings(group: h5py.Group, name: str) -> list[str]:
-    """A list-of-strings attribute, empty when absent.
-
-    Keras 2 split one longer than 64 KB into name0, name1, ...; ResNet50's
-    layer names take 4 KB, so that case is a file of another model.
-    """
+    """A list-of-strings attribute, empty when absent. (Keras 2 splits one over
+    64 KB into name0, name1...; ResNet50's layer names take 4 KB.)"""
     return [value.decode('utf8') if isinstance(value, bytes) else str(value)
             for value in group.attrs.get(name, [])]
 
@@ -299,25 +242,21 @@ def _check_name(path: str, legacy: bool) -> None:
                              'only from a name ending in .weights.h5; rename it')
 
 
-def _check_no_top(path: str, contents: _WeightsFile) -> None:
-    for name, shapes in contents.layers:
-        # Weights of two dimensions are a Dense layer's: the backbone has none.
-        if any(len(shape) == 2 for shape in shapes):
-            raise UserInputError(
-                f"--weights={path}: includes the classification top (layer '{name}', weights "
-                f'{_shapes_text(shapes)}); use the weights without it, {NOTOP_WEIGHTS_FILE}')
-
-
 def _check_layers_match(path: str, contents: _WeightsFile, backbone: keras.Model) -> None:
     """What Keras checks when loading, said in one line that names the layer."""
-    if not contents.legacy:
-        count = sum(len(shapes) for _, shapes in contents.layers)
-        _check_count(path, count, len(backbone.weights), 'weights')
-        return
     expected = [(layer.name, [tuple(weight.shape) for weight in
                               layer.trainable_weights + layer.non_trainable_weights])
                 for layer in backbone.layers if layer.weights]
-    _check_count(path, len(contents.layers), len(expected), 'layers with weights')
+    if contents.legacy:
+        count, wanted, what = len(contents.layers), len(expected), 'layers with weights'
+    else:
+        count = sum(len(shapes) for _, shapes in contents.layers)
+        wanted, what = len(backbone.weights), 'weights'
+    if count != wanted:
+        raise UserInputError(
+            f'--weights={path}: holds {count} {what}, a ResNet50 without its top has {wanted}')
+    if not contents.legacy:
+        return
     for number, ((name, shapes), (expected_name, expected_shapes)) in enumerate(
             zip(contents.layers, expected), start=1):
         if [tuple(shape) for shape in shapes] != expected_shapes:
@@ -325,12 +264,6 @@ def _check_layers_match(path: str, contents: _WeightsFile, backbone: keras.Model
                 f"--weights={path}: layer '{name}' (number {number} of {len(expected)} with "
                 f"weights) holds {_shapes_text(shapes)}, where ResNet50's '{expected_name}' "
                 f'has {_shapes_text(expected_shapes)}')
-
-
-def _check_count(path: str, count: int, expected: int, what: str) -> None:
-    if count != expected:
-        raise UserInputError(
-            f'--weights={path}: holds {count} {what}, a ResNet50 without its top has {expected}')
 
 
 def _shapes_text(shapes) -> str:
@@ -346,9 +279,8 @@ def set_backbone_trainable(model: keras.Model, trainable: bool, pretrained: bool
     """Freezes or unfreezes the backbone; pretrained BatchNorm stays frozen.
 
     A BatchNormalization layer that is not trainable runs in inference mode,
-    so pretrained statistics survive fine-tuning on small batches. From
-    scratch there is nothing to preserve and BatchNorm trains as usual.
-    Recompile after calling this.
+    so pretrained statistics survive fine-tuning on small batches; from
+    scratch there are none to keep. Recompile after calling this.
     """
     backbone = backbone_of(model)
     backbone.trainable = trainable

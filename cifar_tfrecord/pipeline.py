@@ -29,6 +29,8 @@ from cifar_tfrecord.errors import UserInputError
 AUTOTUNE = tf.data.AUTOTUNE
 # Records parsed per parse_example call: large enough to amortize the op.
 _PARSE_BATCH = 1024
+# More than a split ever holds: `whole` batches a split into one element.
+_WHOLE = 1 << 40
 _PADDING = 4
 
 
@@ -138,61 +140,45 @@ def make_dataset(config: InputConfig, split: str, training: bool,
     config.validate()
     manifest = manifest or records.load_manifest(config.records_dir)
     count = manifest.splits[split].num_examples
-    source = _Source(checked_shard_paths(config, split, manifest), manifest.encoding,
-                     cache_path(config.cache, manifest, split, input_context))
-    if training:
-        steps_per_epoch = steps_per_epoch or count // config.batch_size
-        epoch_range = tf.data.Dataset.range(first_epoch, epochs) if epochs is not None \
-            else tf.data.Dataset.counter(first_epoch)
-        if config.data_service:
-            dataset = _served_training_batches(source, config, count, input_context,
-                                               epoch_range, steps_per_epoch, service_job)
-        else:
-            dataset = _training_batches(source, config, count, input_context, epoch_range,
-                                        steps_per_epoch)
+    paths = checked_shard_paths(config, split, manifest)
+    if not training:
+        # Every input pipeline evaluates the whole split (`_evaluation_batches`).
+        split_tensors = cached(whole(read(paths), manifest.encoding),
+                               cache_path(config.cache, manifest, split, input_context))
+        return _evaluation_batches(split_tensors, config, count, input_context), count
+    steps_per_epoch = steps_per_epoch or count // config.batch_size
+    epoch_range = (tf.data.Dataset.range(first_epoch, epochs) if epochs is not None
+                   else tf.data.Dataset.counter(first_epoch))
+    batch_size, replicas = _per_replica(config.batch_size, input_context)
+    if config.data_service:
+        # Each service worker makes whole epochs of the whole split, cached
+        # in its own memory whatever --cache says: a cache file would be
+        # written by every service worker at once, on hosts that may not see
+        # the path.
+        split_tensors = cached(whole(read(paths), manifest.encoding), '')
+        replicas = input_context.num_replicas_in_sync if input_context else 1
     else:
-        dataset = _evaluation_batches(source, config, count, input_context)
+        split_tensors = cached(whole(read(paths, input_context), manifest.encoding),
+                               cache_path(config.cache, manifest, split, input_context))
+    dataset = epoch_range.flat_map(lambda epoch: epoch_batches(
+        split_tensors, config, epoch, batch_size, replicas * steps_per_epoch))
+    if config.data_service:
+        dataset = _served(dataset, config, service_job)
     return dataset.prefetch(AUTOTUNE), count
 
 
-class _Source:
-    """A split's shards, their encoding, and where to cache them decoded."""
-
-    def __init__(self, paths: list[str], encoding: str, cache: str):
-        self.paths, self.encoding, self.cache = paths, encoding, cache
-
-    def images(self, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-        """(uint8 image, int64 label) of this pipeline's part, in a fixed order, cached."""
-        return cached(decoded(read(self.paths, input_context), self.encoding), self.cache)
-
-
-def _training_batches(source, config, count, input_context, epoch_range, steps_per_epoch):
-    """Batches of epoch after epoch, each a function of (seed, epoch) alone.
-
-    Each input pipeline reads its own part, and an epoch gives it the batches
-    of its replicas for `steps_per_epoch` steps.
-    """
-    batch_size, replicas = _per_replica(config.batch_size, input_context)
-    images = source.images(input_context)
-    return epoch_range.flat_map(lambda epoch: epoch_batches(
-        images, config, epoch, batch_size, replicas * steps_per_epoch, count))
-
-
-def _served_training_batches(source, config, count, input_context, epoch_range,
-                             steps_per_epoch, service_job):
+def _served(dataset: tf.data.Dataset, config: InputConfig,
+            service_job: str | None) -> tf.data.Dataset:
     """Training batches made by tf.data service workers.
 
     Every pipeline registers the same dataset, the whole split, and joins
     the same job: with dynamic sharding the service hands each epoch (the
     first source is the range of epochs) to one of its workers, and each
     batch to one consumer, so an image comes once an epoch across the
-    workers of a job. Which worker gets which batch is not determined.
+    workers of a job. Which worker gets which batch is not determined, and
+    with several service workers a Keras epoch may take batches of two data
+    epochs, each worker making its own.
     """
-    batch_size, _ = _per_replica(config.batch_size, input_context)
-    replicas = input_context.num_replicas_in_sync if input_context else 1
-    images = source.images()
-    dataset = epoch_range.flat_map(lambda epoch: epoch_batches(
-        images, config, epoch, batch_size, replicas * steps_per_epoch, count))
     return dataset.apply(tf.data.experimental.service.distribute(
         processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
         service=config.data_service, job_name=service_job or 'train'))
@@ -206,54 +192,61 @@ def _per_replica(batch_size: int, input_context) -> tuple[int, int]:
             input_context.num_replicas_in_sync // input_context.num_input_pipelines)
 
 
-def epoch_batches(images: tf.data.Dataset, config: InputConfig, epoch: tf.Tensor,
-                  batch_size: int, num_batches: int, count: int) -> tf.data.Dataset:
+def epoch_batches(split_tensors: tf.data.Dataset, config: InputConfig, epoch: tf.Tensor,
+                  batch_size: int, num_batches: int) -> tf.data.Dataset:
     """One epoch's training batches: shuffled, batched, augmented, finished.
 
-    The permutation and the augmentation are drawn from (config.seed, epoch)
-    alone.
+    The split is one pair of tensors (`whole`), and each batch is gathered
+    from it by a permutation of indices: images are never moved one by one
+    through tf.data. The permutation and the augmentation are drawn from
+    (config.seed, epoch) alone.
     """
     key = epoch_key(config.seed, epoch)
-    batches = shuffled_batches(images, config, key, batch_size, num_batches, count)
-    if config.augment:
-        batches = augmented(batches, key)
-    return batches.map(lambda images, labels: finish(images, labels, config, True),
-                       num_parallel_calls=AUTOTUNE)
+
+    def batches(images, labels):
+        order = shuffled_order(tf.shape(labels, tf.int64)[0], config.shuffle_buffer_size,
+                               key[0], num_batches * batch_size)
+
+        def batch(step):
+            # A static batch size, as XLA needs.
+            indices = tf.reshape(order[step * batch_size:(step + 1) * batch_size], [batch_size])
+            batch_images = tf.gather(images, indices)
+            if config.augment:
+                batch_images = augment(batch_images, tf.stack([key[1], step]))
+            return finish(batch_images, tf.gather(labels, indices), config, True)
+
+        return tf.data.Dataset.range(num_batches).map(batch, num_parallel_calls=AUTOTUNE)
+
+    return split_tensors.flat_map(batches)
 
 
-def shuffled_batches(images: tf.data.Dataset, config: InputConfig, key: tf.Tensor,
-                     batch_size: int, num_batches: int, count: int) -> tf.data.Dataset:
-    """`num_batches` batches of a permutation of `images` drawn from `key`.
+def shuffled_order(count: tf.Tensor, window: int | None, seed: tf.Tensor,
+                   length: int) -> tf.Tensor:
+    """`length` indices into a split of `count` images: a stateless permutation
+    of each window of `window` images (default: one window, the whole
+    split), window after window, repeated as often as `length` needs.
 
-    A stateless permutation of each window of `shuffle_buffer_size` images
-    (by default one window, the whole split): `Dataset.shuffle` would mix
-    TensorFlow's global seed into the order, and fails outright on a seed
-    computed in the pipeline when the global seed is 0.
-
-    The permutation repeats if this pipeline's part of the split is too
-    small for `num_batches`: every epoch has exactly as many steps on every
-    worker, whose collective operations must match.
+    `Dataset.shuffle` would mix TensorFlow's global seed into the order, and
+    fails outright on a seed computed in the pipeline when the global seed
+    is 0. The order repeats when this pipeline's part of the split is too
+    small: every epoch has exactly as many steps on every worker, whose
+    collective operations must match.
     """
-    window = config.shuffle_buffer_size or count
-    shuffled = images.batch(window).enumerate().map(
-        lambda index, window_images: permuted(window_images, tf.stack([key[0], index])),
-        num_parallel_calls=AUTOTUNE).unbatch().repeat()
-    # drop_remainder keeps shapes static for XLA.
-    return shuffled.batch(batch_size, drop_remainder=True,
-                          num_parallel_calls=AUTOTUNE).take(num_batches)
+    window = tf.constant(window, tf.int64) if window else count
+    windows = -(-count // window)
 
+    def permute_window(index, orders):
+        size = tf.minimum(window, count - index * window)
+        permutation = tf.argsort(tf.random.stateless_uniform([size], tf.stack([seed, index])))
+        return index + 1, orders.write(tf.cast(index, tf.int32),
+                                       tf.cast(permutation, tf.int64) + index * window)
 
-def permuted(examples: tuple[tf.Tensor, ...], seed: tf.Tensor) -> tuple[tf.Tensor, ...]:
-    """The same random permutation of every tensor's first axis, from `seed`."""
-    order = tf.argsort(tf.random.stateless_uniform(tf.shape(examples[0])[:1], seed))
-    return tuple(tf.gather(tensor, order) for tensor in examples)
-
-
-def augmented(batches: tf.data.Dataset, key: tf.Tensor) -> tf.data.Dataset:
-    """Augments each batch with its own seed, drawn from `key` and its position."""
-    return batches.enumerate().map(
-        lambda step, batch: (augment(batch[0], tf.stack([key[1], step])), batch[1]),
-        num_parallel_calls=AUTOTUNE)
+    _, orders = tf.while_loop(
+        lambda index, _: index < windows, permute_window,
+        (tf.constant(0, tf.int64),
+         tf.TensorArray(tf.int64, size=tf.cast(windows, tf.int32), infer_shape=False)))
+    order = orders.concat()
+    return tf.tile(order, [-(-length // count)])[:length]
 
 
 def epoch_key(seed: int, epoch: tf.Tensor) -> tf.Tensor:
@@ -267,28 +260,47 @@ def epoch_key(seed: int, epoch: tf.Tensor) -> tf.Tensor:
         minval=None, maxval=None, dtype=tf.int64)
 
 
-def _evaluation_batches(source, config, count, input_context):
+def _evaluation_batches(split_tensors, config, count, input_context):
+    """One pass over the split in order, batched and finished.
+
+    Distributed, a replica must never get an empty batch (ResNet50 fails on
+    one), and every worker must run the same number of steps. So each
+    worker reads the whole split, padded to full batches with examples of
+    weight 0.
+    """
     if input_context is None:
-        return source.images().batch(config.batch_size, num_parallel_calls=AUTOTUNE).map(
-            lambda images, labels: finish(images, labels, config, False),
-            num_parallel_calls=AUTOTUNE)
-    # Distributed: a replica must never get an empty batch (ResNet50 fails on
-    # one), and every worker must run the same number of steps. So each
-    # worker reads the whole split, padded to full batches with examples of
-    # weight 0.
-    batch_size, replicas = _per_replica(config.batch_size, input_context)
-    padding = -count % (batch_size * replicas)
+        batch_size, padding = config.batch_size, 0
+    else:
+        batch_size, replicas = _per_replica(config.batch_size, input_context)
+        padding = -count % (batch_size * replicas)
     # Keras weights each batch's mean loss by its size, padding included; a
     # real example's weight of padded/real makes the mean over the real
     # examples exact. Weighted metrics do not change under a common factor.
     weight = (count + padding) / count
-    dataset = source.images().map(lambda image, label: (image, label, weight)).concatenate(
-        tf.data.Dataset.from_tensors(
-            (tf.zeros(records.IMAGE_SHAPE, tf.uint8), tf.constant(0, tf.int64), 0.0)
-        ).repeat(padding))
-    return dataset.batch(batch_size, num_parallel_calls=AUTOTUNE).map(
-        lambda images, labels, weights: (*finish(images, labels, config, False), weights),
-        num_parallel_calls=AUTOTUNE)
+    steps = -(-(count + padding) // batch_size)
+
+    def batches(images, labels):
+        images = tf.concat([images, tf.zeros([padding, *records.IMAGE_SHAPE], tf.uint8)], 0)
+        labels = tf.concat([labels, tf.zeros([padding], tf.int64)], 0)
+        weights = tf.concat([tf.fill([count], weight), tf.zeros([padding])], 0)
+
+        def batch(step):
+            start, end = step * batch_size, (step + 1) * batch_size
+            finished = finish(images[start:end], labels[start:end], config, False)
+            return finished if input_context is None else (*finished, weights[start:end])
+
+        return tf.data.Dataset.range(steps).map(batch, num_parallel_calls=AUTOTUNE)
+
+    return split_tensors.flat_map(batches)
+
+
+def whole(serialized: tf.data.Dataset, encoding: str) -> tf.data.Dataset:
+    """Serialized records to one element: all their (uint8 images, int64 labels).
+
+    Parsed in batches; the one element is what the cache holds, and what
+    each epoch gathers its batches from.
+    """
+    return decoded(serialized, encoding).batch(_WHOLE)
 
 
 def decoded(serialized: tf.data.Dataset, encoding: str) -> tf.data.Dataset:
@@ -368,13 +380,9 @@ def finish(images: tf.Tensor, labels: tf.Tensor, config: InputConfig,
 def checked_shard_paths(config: InputConfig, split: str,
                         manifest: records.Manifest) -> list[str]:
     """The split's shard paths, each present, of the right size and checksum."""
-    paths = records.present_shard_paths(config.records_dir, split, manifest)
-    if config.verify_checksums:
-        for path, shard in zip(paths, manifest.splits[split].shards):
-            if records.file_digest(path)[0] != shard.sha256:
-                raise UserInputError(
-                    f'shard {path} does not match its manifest checksum (corrupt or changed)')
-    return paths
+    level = records.CHECKSUM if config.verify_checksums else records.PRESENT
+    records.check_shards(config.records_dir, manifest, level, [split])
+    return records.shard_paths(config.records_dir, split, manifest)
 
 
 def evaluation_steps(count: int, batch_size: int, input_pipelines: int = 1) -> int:

@@ -17,15 +17,12 @@ def describe_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """Logs, every few seconds, how many items of how many are done, and when
-    the rest will be: 'train: 12,288 of 50,000 images (25%), 3,106 images/s,
-    about 12 s left'."""
+    """Logs every few seconds, as 'train: 12,288 of 50,000 images (25%), 3,106
+    images/s, about 12 s left', how far the work has got."""
 
     def __init__(self, name: str, unit: str = 'images'):
-        self._name = name
-        self._unit = unit
-        self._count = 0
-        self._total = None
+        self._name, self._unit = name, unit
+        self._count, self._total = 0, None
         self._start = self._last = time.perf_counter()
 
     def update(self, count: int, total: int | None = None) -> None:

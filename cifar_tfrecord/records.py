@@ -18,16 +18,16 @@ import hashlib
 import json
 import os
 import re
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from cifar_tfrecord import errors
-from cifar_tfrecord import faults
 from cifar_tfrecord import files
+from cifar_tfrecord import json_fields
 from cifar_tfrecord.errors import UserInputError
-from cifar_tfrecord.json_fields import FieldError, check_keys, check_object, shown
+from cifar_tfrecord.json_fields import FieldError, shown
 
 IMAGE_SHAPE = (32, 32, 3)
 # CIFAR-10's own label order; Kaggle's CSV, tfds and the Keras loader agree.
@@ -41,8 +41,6 @@ ENCODINGS = ('raw', 'png')
 UNKNOWN_LABEL = -1
 SCHEMA_VERSION = 1
 MANIFEST_NAME = 'manifest.json'
-# Files are written under this suffix and renamed when complete.
-PARTIAL_SUFFIX = '.partial'
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
@@ -186,9 +184,6 @@ class Manifest:
     image_shape: tuple[int, ...] = IMAGE_SHAPE
     schema_version: int = SCHEMA_VERSION
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2) + '\n'
-
     def fingerprint(self) -> str:
         """The sha256 of what the records hold: schema, encoding, class names,
         and every shard's name, count and sha256.
@@ -201,19 +196,9 @@ class Manifest:
         del content['provenance']
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
-    @classmethod
-    def from_json(cls, text: str) -> 'Manifest':
-        """Parses a manifest, checked as `parse_manifest` checks it.
 
-        Raises:
-            json_fields.FieldError (a ValueError) naming the key at fault, or
-            json.JSONDecodeError.
-        """
-        return parse_manifest(json.loads(text))
-
-
-# As json_fields checks them, an unknown key is refused, not ignored: a
-# change to the format raises SCHEMA_VERSION.
+# As json_fields reads them, an unknown key is refused, not ignored: a change
+# to the format raises SCHEMA_VERSION.
 _SHA256 = re.compile('[0-9a-f]{64}')
 
 
@@ -221,81 +206,59 @@ def parse_manifest(data) -> Manifest:
     """A manifest from its JSON value, every key and value checked.
 
     Checked here, cheaply, with no shard read: the schema version first,
-    then each key's presence and type, that no key is unknown, that shard
-    names are shard names of their split, and that every split's counts add
-    up (its num_examples, its shards' and its class counts). `verify`
-    rereads the shards themselves.
+    then each key's presence and type (`json_fields.parse`), that no key is
+    unknown, that shard names are shard names of their split, and that every
+    split's counts add up (its num_examples, its shards' and its class
+    counts). `check_shards` reads the shards themselves.
+
+    Raises:
+        json_fields.FieldError: naming the key at fault.
     """
-    check_object(data, 'the manifest')
-    version = data.get('schema_version')
-    if version != SCHEMA_VERSION and 'schema_version' in data:
-        raise FieldError(f'schema_version is {shown(version)}, this code reads version '
-                         f'{SCHEMA_VERSION}: convert the data again')
-    check_keys(data, Manifest, '')
-    encoding = data['encoding']
-    if encoding not in ENCODINGS:
-        raise FieldError(f'encoding is {shown(encoding)}, not one of {", ".join(ENCODINGS)}')
-    class_names = data['class_names']
-    if not (isinstance(class_names, list) and len(class_names) == NUM_CLASSES and all(
-            isinstance(name, str) and name for name in class_names)):
+    if isinstance(data, dict) and data.get('schema_version', SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise FieldError(f'schema_version is {shown(data["schema_version"])}, this code reads '
+                         f'version {SCHEMA_VERSION}: convert the data again')
+    manifest = json_fields.parse(data, Manifest)
+    if manifest.encoding not in ENCODINGS:
+        raise FieldError(f'encoding is {shown(manifest.encoding)}, not one of '
+                         f'{", ".join(ENCODINGS)}')
+    if len(manifest.class_names) != NUM_CLASSES or not all(manifest.class_names):
         raise FieldError(f'class_names must be a list of {NUM_CLASSES} names, '
-                         f'not {shown(class_names)}')
-    if data['image_shape'] != list(IMAGE_SHAPE):
+                         f'not {shown(data["class_names"])}')
+    if manifest.image_shape != IMAGE_SHAPE:
         raise FieldError(f'image_shape is {shown(data["image_shape"])}, this code reads '
                          f'{list(IMAGE_SHAPE)}')
-    check_object(data['provenance'], 'provenance')
-    check_object(data['splits'], 'splits')
-    return Manifest(encoding=encoding, class_names=tuple(class_names),
-                    image_shape=IMAGE_SHAPE, schema_version=SCHEMA_VERSION,
-                    provenance=data['provenance'],
-                    splits={name: _parse_split(name, split)
-                            for name, split in data['splits'].items()})
+    for name, split in manifest.splits.items():
+        _check_split(name, split)
+    return manifest
 
 
-def _parse_split(name: str, data) -> Split:
+def _check_split(name: str, split: Split) -> None:
     where = f'splits.{name}'
     if name not in SPLITS:
         raise FieldError(f'{where}: unknown split {name!r}, not one of {", ".join(SPLITS)}')
-    check_object(data, where)
-    check_keys(data, Split, where + '.')
-    num_examples = _count(data['num_examples'], f'{where}.num_examples')
-    class_counts = data['class_counts']
-    check_object(class_counts, f'{where}.class_counts')
-    for class_name_, count in class_counts.items():
-        _count(count, f'{where}.class_counts.{class_name_}')
-    if not isinstance(data['shards'], list):
-        raise FieldError(f'{where}.shards must be a list, not {shown(data["shards"])}')
-    shards = tuple(_parse_shard(name, f'{where}.shards[{index}]', shard)
-                   for index, shard in enumerate(data['shards']))
-    in_shards = sum(shard.num_examples for shard in shards)
-    if in_shards != num_examples:
-        raise FieldError(f'{where}.num_examples is {num_examples}, but the num_examples of '
-                         f'its shards add up to {in_shards}')
-    if sum(class_counts.values()) != num_examples:
-        raise FieldError(f'{where}.class_counts add up to {sum(class_counts.values())}, '
-                         f'not its num_examples {num_examples}')
-    return Split(num_examples, class_counts, shards)
-
-
-def _parse_shard(split: str, where: str, data) -> Shard:
-    check_object(data, where)
-    check_keys(data, Shard, where + '.')
-    name = data['name']
-    if not (isinstance(name, str) and is_shard_file(name) and name.startswith(f'{split}-')
-            and not name.endswith(PARTIAL_SUFFIX)):
-        raise FieldError(f'{where}.name is {shown(name)}, not the name of a {split} shard '
-                         f'(like {shard_name(split, 0, 1)})')
-    if not (isinstance(data['sha256'], str) and _SHA256.fullmatch(data['sha256'])):
-        raise FieldError(f'{where}.sha256 is {shown(data["sha256"])}, not 64 hex digits')
-    return Shard(name, _count(data['num_examples'], f'{where}.num_examples'),
-                 _count(data['num_bytes'], f'{where}.num_bytes'), data['sha256'])
-
-
-def _count(value, where: str) -> int:
-    # bool is an int to Python; `true` is no count.
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise FieldError(f'{where} must be a whole number of at least 0, not {shown(value)}')
-    return value
+    counts = {f'{where}.num_examples': split.num_examples,
+              **{f'{where}.class_counts.{class_name_}': count
+                 for class_name_, count in split.class_counts.items()}}
+    for index, shard in enumerate(split.shards):
+        shard_where = f'{where}.shards[{index}]'
+        if not (is_shard_file(shard.name) and shard.name.startswith(f'{name}-')
+                and not shard.name.endswith(files.PARTIAL)):
+            raise FieldError(f'{shard_where}.name is {shown(shard.name)}, not the name of a '
+                             f'{name} shard (like {shard_name(name, 0, 1)})')
+        if not _SHA256.fullmatch(shard.sha256):
+            raise FieldError(f'{shard_where}.sha256 is {shown(shard.sha256)}, not 64 hex digits')
+        counts.update({f'{shard_where}.num_examples': shard.num_examples,
+                       f'{shard_where}.num_bytes': shard.num_bytes})
+    for key, count in counts.items():
+        if count < 0:
+            raise FieldError(f'{key} must be at least 0, not {count}')
+    in_shards = sum(shard.num_examples for shard in split.shards)
+    if in_shards != split.num_examples:
+        raise FieldError(f'{where}.num_examples is {split.num_examples}, but the num_examples '
+                         f'of its shards add up to {in_shards}')
+    if sum(split.class_counts.values()) != split.num_examples:
+        raise FieldError(f'{where}.class_counts add up to {sum(split.class_counts.values())}, '
+                         f'not its num_examples {split.num_examples}')
 
 
 def manifest_path(records_dir: str) -> str:
@@ -311,29 +274,20 @@ def load_manifest(records_dir: str) -> Manifest:
             unknown or of the wrong type, counts that do not add up.
     """
     path = manifest_path(records_dir)
-    if not tf.io.gfile.exists(path):
+    if not files.exists(path):
         raise UserInputError(
             f'{path} not found: {records_dir} holds no finished records '
             '(run scripts/convert.py first)')
-    with tf.io.gfile.GFile(path, 'rb') as file:
-        data = file.read()
     try:
-        return Manifest.from_json(data.decode('utf-8'))
-    except UnicodeDecodeError as error:
-        raise UserInputError(f'{path} is not UTF-8 text: {error}') from None
-    except json.JSONDecodeError as error:
-        raise UserInputError(f'{path} is not valid JSON: {error}') from None
+        return parse_manifest(files.read_json(path))
     except FieldError as error:
         raise UserInputError(f'{path}: {error}') from None
 
 
 def write_manifest(records_dir: str, manifest: Manifest) -> None:
-    """Writes the manifest under a temporary name, then renames it into place."""
-    path = manifest_path(records_dir)
-    with tf.io.gfile.GFile(path + PARTIAL_SUFFIX, 'w') as file:
-        file.write(manifest.to_json())
-    faults.reached('manifest_written')
-    publish(path)
+    """Writes the manifest whole, or not at all."""
+    files.write_atomically(manifest_path(records_dir), json_fields.to_json(manifest),
+                           fault_point='manifest_written')
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -343,13 +297,12 @@ def shard_name(split: str, index: int, count: int) -> str:
 def is_shard_file(name: str) -> bool:
     """Whether a file name is a shard's, or a shard's temporary name."""
     return re.fullmatch(
-        rf'({"|".join(SPLITS)})-\d{{5}}-of-\d{{5}}\.tfrecord({re.escape(PARTIAL_SUFFIX)})?',
+        rf'({"|".join(SPLITS)})-\d{{5}}-of-\d{{5}}\.tfrecord({re.escape(files.PARTIAL)})?',
         name) is not None
 
 
-def shard_paths(records_dir: str, split: str, manifest: Manifest | None = None) -> list[str]:
+def shard_paths(records_dir: str, split: str, manifest: Manifest) -> list[str]:
     """The shard files of one split, in manifest order."""
-    manifest = manifest or load_manifest(records_dir)
     if split not in manifest.splits:
         raise UserInputError(
             f'split {split!r} is not in {manifest_path(records_dir)}; it has: '
@@ -357,38 +310,88 @@ def shard_paths(records_dir: str, split: str, manifest: Manifest | None = None) 
     return [os.path.join(records_dir, shard.name) for shard in manifest.splits[split].shards]
 
 
-def present_shard_paths(records_dir: str, split: str, manifest: Manifest) -> list[str]:
-    """`shard_paths`, each checked to exist with the size the manifest gives,
-    and the split's first record to parse in the manifest's encoding.
+# How much of a records folder `check_shards` reads, each level adding to the one before.
+PRESENT = 0        # every shard there with its manifest size: a stat each
+FIRST_RECORD = 1   # each split's first record parses in the manifest's encoding
+CHECKSUM = 2       # every shard's sha256: every byte read
+EVERY_RECORD = 3   # every record parses, and the counts are the manifest's
 
-    A stat per shard and one record: cheap enough to check before anything
-    is written. `verify` rereads them.
+
+def check_shards(records_dir: str, manifest: Manifest, level: int,
+                 splits: Iterable[str] | None = None) -> dict[str, int]:
+    """Checks the shards of `splits` (default: all) against the manifest.
+
+    PRESENT and FIRST_RECORD are cheap enough to check before anything is
+    written, so a damaged folder stops a command before it starts, not when
+    a split is first read; `convert.py --verify` reads EVERY_RECORD.
+
+    Returns:
+        The records of each split checked: counted at EVERY_RECORD, else as
+        the manifest says.
+
+    Raises:
+        UserInputError: naming the first shard that does not match.
     """
-    paths = shard_paths(records_dir, split, manifest)
-    for path, shard in zip(paths, manifest.splits[split].shards):
-        if not tf.io.gfile.exists(path):
-            raise UserInputError(
-                f'shard {path} is listed in {manifest_path(records_dir)} but missing')
-        size = tf.io.gfile.stat(path).length
-        if size != shard.num_bytes:
-            raise UserInputError(
-                f'shard {path} has the wrong size ({size} bytes, {manifest_path(records_dir)} '
-                f'says {shard.num_bytes}): corrupt or changed')
-    first = next((path for path, shard in zip(paths, manifest.splits[split].shards)
-                  if shard.num_examples), None)
-    if first:
-        _check_first_record(first, manifest.encoding, manifest_path(records_dir))
-    return paths
+    where = manifest_path(records_dir)
+    counts = {}
+    for split in dict.fromkeys(splits or manifest.splits):
+        paths = shard_paths(records_dir, split, manifest)
+        shards = manifest.splits[split].shards
+        labels = [_check_shard(path, shard, level, manifest.encoding, where)
+                  for path, shard in zip(paths, shards)]
+        first = next((path for path, shard in zip(paths, shards) if shard.num_examples), None)
+        if FIRST_RECORD <= level < EVERY_RECORD and first:
+            _check_records(first, manifest.encoding, where, limit=1)
+        counts[split] = manifest.splits[split].num_examples
+        if level >= EVERY_RECORD:
+            counts[split] = _check_class_counts(split, np.concatenate(labels), manifest, where)
+    return counts
 
 
-def _check_first_record(path: str, encoding: str, manifest: str) -> None:
-    """A hand-edited encoding would otherwise fail in the middle of training."""
+def _check_shard(path: str, shard: Shard, level: int, encoding: str,
+                 manifest: str) -> np.ndarray:
+    """One shard checked to `level`; the labels of its records at EVERY_RECORD."""
+    if not files.exists(path):
+        raise UserInputError(f'shard {path} is listed in {manifest} but missing')
+    size = files.size(path)
+    if size != shard.num_bytes:
+        raise UserInputError(f'shard {path} has the wrong size ({size} bytes, {manifest} says '
+                             f'{shard.num_bytes}): corrupt or changed')
+    if level >= CHECKSUM and file_digest(path)[0] != shard.sha256:
+        raise UserInputError(f'shard {path} does not match its sha256 in {manifest} '
+                             '(corrupt or changed)')
+    if level < EVERY_RECORD:
+        return np.zeros([0], np.int64)
+    labels = _check_records(path, encoding, manifest)
+    if len(labels) != shard.num_examples:
+        raise UserInputError(
+            f'shard {path} holds {len(labels)} records, {manifest} says {shard.num_examples}')
+    return labels
+
+
+def _check_records(path: str, encoding: str, manifest: str,
+                   limit: int | None = None) -> np.ndarray:
+    """The labels of a shard's records (its first `limit`), each parsed in `encoding`.
+
+    A hand-edited encoding would otherwise fail in the middle of training.
+    """
     try:
-        for record in tf.data.TFRecordDataset(path).take(1):
-            parse_examples(tf.reshape(record, [1]), encoding)
+        return np.concatenate([batch['label'] for batch in _read_batches(
+            [path], encoding, limit or 4096, limit)] or [[]])
     except tf.errors.OpError as error:
         raise UserInputError(f'shard {path} does not hold {encoding} records, as {manifest} '
                              f'says ({errors.first_line(error.message)})') from None
+
+
+def _check_class_counts(split: str, labels: np.ndarray, manifest: Manifest,
+                        where: str) -> int:
+    found = dict.fromkeys(manifest.splits[split].class_counts, 0)
+    for label in labels.tolist():
+        found[class_name(label)] = found.get(class_name(label), 0) + 1
+    if found != manifest.splits[split].class_counts:
+        raise UserInputError(f'the {split} shards hold the class counts {found}, {where} says '
+                             f'{manifest.splits[split].class_counts}')
+    return len(labels)
 
 
 # ----------------------------------------------------------------------------
@@ -396,26 +399,26 @@ def _check_first_record(path: str, encoding: str, manifest: str) -> None:
 
 
 def write_partial_shard(path: str, serialized: list[bytes]) -> None:
-    """Writes a shard under its temporary name, `path + PARTIAL_SUFFIX`.
+    """Writes a shard under its temporary name (`files.partial_name`).
 
     `publish` renames it when the whole conversion has succeeded. A reader
     never sees a partial shard under its final name, and the manifest that
     points at shards is written only after every one is in place.
     """
-    with tf.io.TFRecordWriter(path + PARTIAL_SUFFIX) as writer:
+    with tf.io.TFRecordWriter(files.partial_name(path)) as writer:
         for record in serialized:
             writer.write(record)
 
 
 def describe_partial_shard(path: str, num_examples: int) -> Shard:
     """The manifest entry of a shard written by `write_partial_shard`."""
-    digest, num_bytes = file_digest(path + PARTIAL_SUFFIX)
+    digest, num_bytes = file_digest(files.partial_name(path))
     return Shard(os.path.basename(path), num_examples, num_bytes, digest)
 
 
 def publish(path: str) -> None:
     """Moves a file written under its temporary name to `path`."""
-    tf.io.gfile.rename(path + PARTIAL_SUFFIX, path, overwrite=True)
+    files.rename(files.partial_name(path), path)
 
 
 def file_digest(path: str) -> tuple[str, int]:
@@ -447,57 +450,21 @@ def read_split(records_dir: str, split: str,
             yield example_id.decode(), image, int(label)
 
 
-def _read_batches(paths: list[str], encoding: str, batch_size: int) -> Iterator[dict]:
-    dataset = tf.data.TFRecordDataset(paths).batch(batch_size)
-    dataset = dataset.map(lambda serialized: parse_examples(serialized, encoding))
+def _read_batches(paths: list[str], encoding: str, batch_size: int,
+                  limit: int | None = None) -> Iterator[dict]:
+    dataset = tf.data.TFRecordDataset(paths)
+    dataset = dataset.take(limit) if limit else dataset
+    dataset = dataset.batch(batch_size).map(lambda serialized: parse_examples(serialized, encoding))
     return dataset.as_numpy_iterator()
 
 
 def verify(records_dir: str) -> dict[str, int]:
-    """Re-reads every shard against the manifest: size, sha256, counts.
+    """Re-reads every shard against the manifest (`check_shards` at EVERY_RECORD).
 
     Returns:
         The number of verified records per split.
-
-    Raises:
-        UserInputError naming the first shard that does not match.
     """
-    manifest = load_manifest(records_dir)
-    counts = {}
-    for split_name, split in manifest.splits.items():
-        class_counts = dict.fromkeys(split.class_counts, 0)
-        for shard in split.shards:
-            path = os.path.join(records_dir, shard.name)
-            labels = _verify_shard(path, shard, manifest.encoding, manifest_path(records_dir))
-            for label in labels:
-                name = class_name(label)
-                class_counts[name] = class_counts.get(name, 0) + 1
-        if class_counts != split.class_counts:
-            raise UserInputError(
-                f'the {split_name} shards hold the class counts {class_counts}, '
-                f'{manifest_path(records_dir)} says {split.class_counts}')
-        counts[split_name] = sum(class_counts.values())
-    return counts
-
-
-def _verify_shard(path: str, shard: Shard, encoding: str, manifest: str) -> np.ndarray:
-    if not tf.io.gfile.exists(path):
-        raise UserInputError(f'shard {path} is listed in {manifest} but missing')
-    digest, num_bytes = file_digest(path)
-    if (digest, num_bytes) != (shard.sha256, shard.num_bytes):
-        raise UserInputError(
-            f'shard {path} does not match its size and sha256 in {manifest} '
-            '(corrupt or changed)')
-    try:
-        labels = np.concatenate(
-            [batch['label'] for batch in _read_batches([path], encoding, 4096)] or [[]])
-    except tf.errors.OpError as error:  # Whole by its checksum, yet not records of this encoding.
-        raise UserInputError(f'shard {path} does not hold {encoding} records: '
-                             f'{error.message.splitlines()[0]}') from None
-    if len(labels) != shard.num_examples:
-        raise UserInputError(
-            f'shard {path} holds {len(labels)} records, {manifest} says {shard.num_examples}')
-    return labels
+    return check_shards(records_dir, load_manifest(records_dir), EVERY_RECORD)
 
 
 def class_name(label: int) -> str:

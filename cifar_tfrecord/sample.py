@@ -1,14 +1,9 @@
 """The offline sample: small, learnable, generated, in Kaggle's exact layout.
 
-Ten classes of procedurally drawn 32x32 images (a shape per class, drawn in
-a tint of the class's colour on a contrasting ground, at a random position
-and size, with noise), written as Kaggle delivers CIFAR-10: a zip
-holding `train.7z`, `test.7z`, `trainLabels.csv` and `sampleSubmission.csv`.
-The converter then reads it through the same code path as the real data.
-Nothing binary is committed; the same seed gives the same pixels.
-
-`write_kaggle_zip` is public: tests build their own inputs, good and broken,
-with it.
+Ten classes of drawn 32x32 images (a shape and a colour per class, placed
+and sized at random, with noise; the same seed, the same pixels) in the zip
+Kaggle delivers, which the converter reads like the real data. Tests build
+their own inputs, good and broken, with `write_kaggle_zip`.
 """
 
 import io
@@ -25,14 +20,11 @@ from cifar_tfrecord import records
 from cifar_tfrecord import sources
 
 SAMPLE_VERSION = 2
-_SIZE = records.IMAGE_SHAPE[0]
-# Zip entries get a fixed date so the same sample gives the same zip bytes.
-_ZIP_DATE = (2020, 1, 1, 0, 0, 0)
 
 
 def draw_image(class_index: int, rng: np.random.Generator) -> np.ndarray:
     """One (32, 32, 3) uint8 image of a class: its shape on a random ground."""
-    rows, columns = np.mgrid[0:_SIZE, 0:_SIZE].astype(np.float32)
+    rows, columns = np.indices(records.IMAGE_SHAPE[:2], np.float32)
     center_row, center_column = rng.uniform(10, 22, size=2)
     radius = rng.uniform(5, 10)
     rows, columns = rows - center_row, columns - center_column
@@ -89,21 +81,18 @@ def generate(images_per_class: int, test_images: int,
 
 def write_kaggle_zip(zip_path: str, train: Mapping[str, bytes], labels_csv: str,
                      test: Mapping[str, bytes] | None = None) -> str:
-    """Writes a zip in Kaggle's cifar-10 layout.
-
-    Args:
-        zip_path: where to write the zip.
-        train: archive entry name ('train/1.png') or id ('1') -> file bytes.
-        labels_csv: the whole text of trainLabels.csv.
-        test: the same as train, for test.7z; None leaves test.7z out.
-    """
+    """Writes a zip in Kaggle's cifar-10 layout, and returns its path. `train`
+    and `test` (None: no test.7z) map an entry name ('train/1.png') or an id
+    ('1') to the file's bytes; `labels_csv` is trainLabels.csv's text."""
+    entries = {'train.7z': make_7z(train, 'train'), sources.LABELS_CSV: labels_csv.encode()}
+    if test is not None:
+        entries['test.7z'] = make_7z(test, 'test')
+        rows = ''.join(f'{image_id},cat\n' for image_id in test)
+        entries[sources.SAMPLE_SUBMISSION_CSV] = f'id,label\n{rows}'.encode()
     with zipfile.ZipFile(zip_path, 'w', zipfile.ZIP_STORED) as archive:
-        _add(archive, 'train.7z', make_7z(train, 'train'))
-        _add(archive, sources.LABELS_CSV, labels_csv.encode())
-        if test is not None:
-            _add(archive, 'test.7z', make_7z(test, 'test'))
-            rows = ''.join(f'{image_id},cat\n' for image_id in test)
-            _add(archive, sources.SAMPLE_SUBMISSION_CSV, f'id,label\n{rows}'.encode())
+        for name, data in entries.items():
+            # A fixed date: the same sample gives the same zip bytes.
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
     return zip_path
 
 
@@ -121,33 +110,23 @@ def make_7z(files: Mapping[str, bytes], folder: str) -> bytes:
     return buffer.getvalue()
 
 
-def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
-    archive.writestr(zipfile.ZipInfo(name, date_time=_ZIP_DATE), data)
-
-
 class SampleSource:
-    """The generated sample, seen through the same reader as Kaggle's zip."""
+    """The generated sample, read as Kaggle's zip; generated when first read."""
+    sets = sources.KAGGLE_SETS
 
     def __init__(self, images_per_class: int, test_images: int, seed: int):
         self._parameters = dict(images_per_class=images_per_class,
                                 test_images=test_images, seed=seed)
         self._layout = None
-        self._folder = None
 
     def fingerprint(self) -> dict:
         return {'kind': 'sample', 'version': SAMPLE_VERSION, **self._parameters}
 
-    def sets(self) -> tuple[str, ...]:
-        return sources.KAGGLE_SETS
-
     def batches(self, kaggle_set: str, batch_size: int) -> Iterator[sources.SourceBatch]:
-        return self._kaggle_layout().batches(kaggle_set, batch_size)
-
-    def _kaggle_layout(self) -> sources.KaggleLayout:
         if self._layout is None:
             self._folder = tempfile.TemporaryDirectory(prefix='cifar_sample_')
             train, labels, test = generate(**self._parameters)
-            zip_path = os.path.join(self._folder.name, sources.COMPETITION_ZIP)
-            write_kaggle_zip(zip_path, train, labels_csv(labels), test)
-            self._layout = sources.KaggleLayout(zip_path)
-        return self._layout
+            self._layout = sources.KaggleLayout(write_kaggle_zip(
+                os.path.join(self._folder.name, sources.COMPETITION_ZIP), train,
+                labels_csv(labels), test))
+        return self._layout.batches(kaggle_set, batch_size)

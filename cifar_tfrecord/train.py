@@ -8,26 +8,19 @@ Rerunning the same command after a crash or kill resumes after the last
 finished epoch: the weights and optimizer state come from that epoch's
 backup, and the input and dropout of every epoch are functions of the seed
 and the epoch, so with `--deterministic` the resumed run ends with exactly
-the weights of an uninterrupted one. A rerun with flags that change the
-result is refused (`--overwrite` starts afresh); a rerun of a finished run
-does nothing.
+the weights of an uninterrupted one. A rerun that would compute something
+else is refused (`RunFolder.resume`; `--overwrite` starts afresh); a rerun
+of a finished run only adds the SavedModel if it is asked for and missing.
 
-Under `MultiWorkerMirroredStrategy` every worker runs the same fits (their
-collective operations must match), but only the chief writes `model_dir`.
-The others write the same files into a temporary folder of their own,
-`model_dir/.worker-N`, removed when they finish. Every worker resumes from
-the chief's files (state.json, backup/, best.json), so after any worker is
-killed a rerun of the whole job starts all of them at the same epoch with
-the same weights; `model_dir` must therefore be shared by all the hosts
-(gs:// or a network file system).
+On several workers every worker runs the same fits, and only the chief
+writes `model_dir` (`distributed`); every worker resumes from the chief's
+files, so `model_dir` must be shared by all the hosts (gs:// or a network
+file system).
 """
 
 import dataclasses
 import hashlib
-import json
-import os
 import platform
-import random
 
 import keras
 import numpy as np
@@ -35,25 +28,29 @@ import tensorflow as tf
 from absl import logging
 
 from cifar_tfrecord import callbacks as run_callbacks
-from cifar_tfrecord import cli
-from cifar_tfrecord import config as config_lib
-from cifar_tfrecord import errors
+from cifar_tfrecord import distributed
 from cifar_tfrecord import evaluate
-from cifar_tfrecord import json_fields
+from cifar_tfrecord import files
 from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
 from cifar_tfrecord import run_folder
 from cifar_tfrecord.config import TrainConfig
-from cifar_tfrecord.errors import Interrupted, UserInputError
+from cifar_tfrecord.errors import Interrupted, UserInputError, first_line
+from cifar_tfrecord.run_folder import RunFolder, RunState
 
 PHASES = ('freeze', 'fine_tune')
 # Suggested when a run would take hours on a machine without an accelerator.
 CPU_RECIPE = 'scripts/recipes/cpu_scratch.flags'
 
 
-def train(config: TrainConfig) -> dict | None:
+def train(config: TrainConfig, command_line: tuple[str, ...] = ()) -> run_folder.Metrics | None:
     """Trains, evaluates and exports; or resumes where an earlier run stopped.
+
+    Args:
+        config: the run.
+        command_line: what config.json records as the command (its flag
+            files are read and recorded too).
 
     Returns:
         The evaluation metrics; None on a worker that is not the chief, which
@@ -63,22 +60,22 @@ def train(config: TrainConfig) -> dict | None:
     # Every check that can fail comes before the first file is written.
     manifest = records.load_manifest(config.input.records_dir)
     model_lib.check_weights(config.weights)
-    state = resume_state(config, manifest)
-    if state.finished:
-        logging.info('%s finished already; nothing to do (--overwrite trains again).',
-                     config.model_dir)
-        return read_metrics(run_folder.path(config.model_dir, run_folder.METRICS))
     precision = resolve_precision(config.mixed_precision)
+    jit_compile = resolve_jit_compile(config.jit_compile)
+    chief = RunFolder(config.model_dir)
+    state = chief.resume(config, precision, jit_compile, manifest.fingerprint())
+    if state.finished:
+        return _finished(config, chief)
     keras.mixed_precision.set_global_policy(precision)
-    strategy = make_strategy(config.strategy)
+    strategy = distributed.make_strategy(config.strategy)
     # After the strategy: reading a record starts TensorFlow's runtime, which
     # a multi-worker strategy must configure first. Nothing is written yet.
-    check_shards(config.input.records_dir, manifest)
+    records.check_shards(config.input.records_dir, manifest, records.FIRST_RECORD,
+                         splits=('train', 'validation', *manifest.splits))
     steps_per_epoch = count_steps(config, manifest, strategy)
     logging.info('Strategy %s: %d replicas, %d images per replica, %s, XLA %s',
                  type(strategy).__name__, strategy.num_replicas_in_sync,
-                 config.input.batch_size // strategy.num_replicas_in_sync, precision,
-                 resolve_jit_compile(config.jit_compile))
+                 config.input.batch_size // strategy.num_replicas_in_sync, precision, jit_compile)
     if config.frozen_epochs() != config.freeze_epochs:
         logging.info('--weights=none: no freeze phase (--freeze_epochs=%d skipped), %d epochs '
                      'of training the whole network from scratch', config.freeze_epochs,
@@ -86,33 +83,49 @@ def train(config: TrainConfig) -> dict | None:
     seed_everything(config)
     with strategy.scope():
         model = build(config)
-    output_dir = make_output_dir(config, strategy)
+    output = RunFolder(distributed.worker_model_dir(config.model_dir, strategy), config.model_dir)
+    output.prepare(start_afresh=config.overwrite)
     try:
-        write_config(config, output_dir, precision, strategy, manifest)
-        _run_phases(model, config, strategy, state, steps_per_epoch, output_dir)
-        return save_and_finish(model, config, strategy, output_dir)
+        output.write_config(run_config(config, manifest, precision, jit_compile, strategy,
+                                       command_line))
+        _run_phases(model, config, strategy, state, steps_per_epoch, output, jit_compile)
+        return save_and_finish(model, config, strategy, output)
     except KeyboardInterrupt:
-        run_callbacks.remove_partial_files(output_dir)
-        done = run_callbacks.read_state(config.model_dir).epochs_done
+        output.remove_partial_files()
+        done = chief.read_state().epochs_done
         kept = (f'{config.model_dir} keeps its {done} finished epochs' if done
                 else 'no epoch had finished')
         raise Interrupted(f'{kept}; rerun the same command to resume') from None
 
 
-def _run_phases(model, config, strategy, state, steps_per_epoch, output_dir) -> None:
+def _finished(config: TrainConfig, run: RunFolder) -> run_folder.Metrics:
+    """A finished run's metrics; the SavedModel added if asked for and missing."""
+    if config.export_saved_model and not run.exists(run_folder.SAVED_MODEL):
+        logging.info('%s finished already; exporting its %s', config.model_dir,
+                     run_folder.SAVED_MODEL)
+        evaluate.export_saved_model(
+            evaluate.load_serving_model(run.path(run_folder.FINAL_MODEL)),
+            run.path(run_folder.SAVED_MODEL))
+    else:
+        logging.info('%s finished already; nothing to do (--overwrite trains again).',
+                     config.model_dir)
+    return run_folder.read_metrics(run.path(run_folder.METRICS))
+
+
+def _run_phases(model, config, strategy, state, steps_per_epoch, output, jit_compile) -> None:
     """Every epoch not done yet, phase by phase, from the state's backup."""
-    restore = state.backup is not None
-    service_job = _service_job_prefix(strategy) if config.input.data_service else None
+    restore = state if state.backup is not None else None
+    service_job = (f'train-{distributed.chief_random_number(strategy)}'
+                   if config.input.data_service else None)
     estimate = run_time_estimate(config, strategy, steps_per_epoch, state.epochs_done)
     for phase in PHASES:
         first, end = phase_epochs(config, phase)
         if end > max(first, state.epochs_done):
             run_phase(model, config, phase, strategy, max(first, state.epochs_done),
-                      steps_per_epoch, output_dir, state if restore else None, service_job,
-                      estimate)
-            restore, estimate = False, None
+                      steps_per_epoch, output, restore, service_job, estimate, jit_compile)
+            restore, estimate = None, None
     if restore:  # Every epoch was done: the run was killed before its outputs.
-        load_backup(model, config.model_dir, state)
+        load_backup(model, output, restore)
 
 
 def run_time_estimate(config: TrainConfig, strategy: tf.distribute.Strategy,
@@ -120,7 +133,7 @@ def run_time_estimate(config: TrainConfig, strategy: tf.distribute.Strategy,
                       ) -> run_callbacks.RunTimeEstimate | None:
     """The chief's estimate of the run's time; with the CPU recipe's command
     as advice when there is no accelerator."""
-    if not is_chief(strategy):
+    if not distributed.is_chief(strategy):
         return None
     advice = None
     if not (tf.config.list_physical_devices('GPU') or tf.config.list_physical_devices('TPU')):
@@ -152,14 +165,6 @@ def count_steps(config: TrainConfig, manifest: records.Manifest,
     return steps_per_epoch
 
 
-def check_shards(records_dir: str, manifest: records.Manifest) -> None:
-    """Every shard of the manifest present with its size, train and validation
-    among them: a stat each, so a missing shard stops the run before it
-    writes, not when its split is first read."""
-    for split in dict.fromkeys(['train', 'validation', *manifest.splits]):
-        records.present_shard_paths(records_dir, split, manifest)
-
-
 def seed_everything(config: TrainConfig) -> None:
     """Seeds initialization (Python, NumPy, TensorFlow); op determinism if asked.
 
@@ -171,114 +176,15 @@ def seed_everything(config: TrainConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-# ----------------------------------------------------------------------------
-# Resuming.
-
-
-def resume_state(config: TrainConfig, manifest: records.Manifest) -> run_callbacks.RunState:
-    """How far an earlier run in config.model_dir got; refuses a changed run.
-
-    A run folder whose config.json differs in a flag that changes the
-    result, or whose records hold other data, is refused before anything is
-    written; `--overwrite` starts afresh instead. So is a run folder with a
-    file the rerun would misread (`callbacks.check_resumable`), or with a
-    run but no config.json: files are written whole, so such a file was
-    edited or damaged since, and nothing guesses what it held.
-    """
-    if config.overwrite:
-        return run_callbacks.RunState()
-    saved = _saved_config(config.model_dir)
-    if saved is None:
-        return run_callbacks.RunState()
-    changes = [f'--{name}={new} (the run has {old})'
-               for name, old, new in config_lib.changed_flags(saved['config'], config)]
-    saved_records = saved.get('records', {}).get('fingerprint')
-    if saved_records and saved_records != manifest.fingerprint():
-        changes.append(f'--records_dir={config.input.records_dir} holds other records '
-                       f'(fingerprint {manifest.fingerprint()[:12]}, the run has '
-                       f'{saved_records[:12]})')
-    if changes:
-        raise UserInputError(
-            f'{config.model_dir} holds a run with other flags: {"; ".join(changes)}. Rerun '
-            'with its flags to resume, or pass --overwrite to start afresh, or choose '
-            'another --model_dir')
-    return _refused_unless_whole(run_callbacks.check_resumable, config.model_dir)
-
-
-_START_AFRESH = 'pass --overwrite to start afresh, or choose another --model_dir'
-# Files that make a folder a run's, for a run whose config.json is missing.
-_RUN_EVIDENCE = (run_folder.STATE, run_folder.HISTORY, run_folder.BEST_MODEL,
-                 run_folder.FINAL_MODEL)
-
-
-def _saved_config(model_dir: str) -> dict | None:
-    path = run_folder.path(model_dir, run_folder.CONFIG)
-    if tf.io.gfile.exists(path):
-        return _refused_unless_whole(config_lib.read_run_config, path)
-    evidence = [name for name in _RUN_EVIDENCE
-                if tf.io.gfile.exists(run_folder.path(model_dir, name))]
-    if evidence:
-        raise UserInputError(f'{path} is missing, yet {model_dir} holds a run '
-                             f'({", ".join(evidence)}): {_START_AFRESH}')
-    return None
-
-
-def _refused_unless_whole(read, *arguments):
-    """`read(*arguments)`, its UserInputError saying how to go on."""
-    try:
-        return read(*arguments)
-    except UserInputError as error:
-        raise UserInputError(f'{error}; {_START_AFRESH}') from None
-
-
-# What the trainer's metrics.json must hold for the line that ends a rerun.
-_METRICS_FIELDS = {'split': str, 'accuracy': float, 'loss': float}
-
-
-def read_metrics(path: str) -> dict:
-    """The trainer's metrics.json, with the fields a finished run reports."""
-    metrics = _refused_unless_whole(run_folder.read_json, path)
-    try:
-        json_fields.check_object(metrics, 'the file')
-        for key, kind in _METRICS_FIELDS.items():
-            if key not in metrics:
-                raise json_fields.FieldError(f'lacks the key {key}')
-            json_fields.check_type(metrics[key], kind, key)
-    except json_fields.FieldError as error:
-        raise UserInputError(f'{path}: {error}; {_START_AFRESH}') from None
-    return metrics
-
-
-def load_backup(model: keras.Model, model_dir: str, state: run_callbacks.RunState) -> None:
-    """The weights (and optimizer state, when compiled alike) the state names.
-
-    A finished run's backup is gone; its final.keras holds the same weights.
-    """
-    path = run_folder.path(model_dir, state.backup)
-    if not tf.io.gfile.exists(path):
-        path = run_folder.path(model_dir, run_folder.FINAL_MODEL)
+def load_backup(model: keras.Model, run: RunFolder, state: RunState) -> None:
+    """The weights (and optimizer state, when compiled alike) the state names."""
+    path = run.backup_to_load(state)
     logging.info('Resuming after epoch %d: loading %s', state.epochs_done, path)
     try:
         model.load_weights(path)
     except (OSError, ValueError) as error:  # h5py and Keras: a damaged or foreign file.
-        raise UserInputError(f'{path} cannot be read as this run\'s weights '
-                             f'({errors.first_line(str(error))}); {_START_AFRESH}') from None
-
-
-def _service_job_prefix(strategy: tf.distribute.Strategy) -> str:
-    """A tf.data service job name the workers of this attempt share, and no other.
-
-    A job outlives its consumers for a while: a rerun that reused the name
-    would join the killed run's job, half consumed. The chief draws a random
-    number and every worker takes it from the chief's first replica.
-    """
-    number = random.SystemRandom().randrange(1 << 30) if is_chief(strategy) else 0
-    if _workers(strategy) > 1:
-        def chief_number():
-            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-            return tf.where(replica == 0, tf.constant(number, tf.int64), 0)
-        number = int(strategy.reduce('SUM', strategy.run(chief_number), axis=None))
-    return f'train-{number}'
+        raise UserInputError(f"{path} cannot be read as this run's weights "
+                             f'({first_line(str(error))}); {run_folder.START_AFRESH}') from None
 
 
 def build(config: TrainConfig) -> keras.Model:
@@ -289,10 +195,6 @@ def build(config: TrainConfig) -> keras.Model:
         upsample_method=config.input.upsample_method,
         head_units=config.head_units, dropout=config.dropout,
         batch_norm_momentum=config.batch_norm_momentum)
-
-
-# ----------------------------------------------------------------------------
-# Devices, strategy, precision.
 
 
 def resolve_precision(name: str) -> str:
@@ -324,119 +226,21 @@ def resolve_jit_compile(value: bool | None) -> bool:
     return value
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes the run's outputs.
-
-    True except on the workers of a multi-worker cluster that are not its
-    chief: the 'chief' task when the cluster has one, else worker 0.
-    """
-    resolver = getattr(strategy, 'cluster_resolver', None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == 'chief':
-        return True
-    has_chief = 'chief' in resolver.cluster_spec().as_dict()
-    return resolver.task_type == 'worker' and resolver.task_id == 0 and not has_chief
-
-
-def worker_model_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
-    """Where this process writes: model_dir on the chief, else a folder of its own."""
-    if is_chief(strategy):
-        return model_dir
-    resolver = strategy.cluster_resolver
-    return run_folder.worker_folder(model_dir, resolver.task_type, resolver.task_id)
-
-
-def make_output_dir(config: TrainConfig, strategy: tf.distribute.Strategy) -> str:
-    """Creates this process's output folder (`worker_model_dir`) and returns it.
-
-    With --overwrite the chief first removes the files of the run before.
-    """
-    output_dir = worker_model_dir(config.model_dir, strategy)
-    if output_dir != config.model_dir and tf.io.gfile.exists(output_dir):
-        tf.io.gfile.rmtree(output_dir)  # Left by a killed worker; never read.
-    elif config.overwrite and tf.io.gfile.exists(output_dir):
-        for name in filter(run_folder.is_run_file, tf.io.gfile.listdir(output_dir)):
-            path = run_folder.path(output_dir, name.rstrip('/'))
-            if tf.io.gfile.isdir(path):
-                tf.io.gfile.rmtree(path)
-            else:
-                tf.io.gfile.remove(path)
-    tf.io.gfile.makedirs(output_dir)
-    return output_dir
-
-
-def _workers(strategy: tf.distribute.Strategy) -> int:
-    """How many processes train together: 1 unless multi-worker."""
-    resolver = getattr(strategy, 'cluster_resolver', None)
-    if resolver is None or not resolver.task_type:
-        return 1
-    cluster = resolver.cluster_spec().as_dict()
-    return len(cluster.get('chief', [])) + len(cluster.get('worker', []))
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy by name; 'auto' picks from the hardware."""
-    if name == 'multi_worker' or (name == 'auto' and os.environ.get('TF_CONFIG')):
-        # Before anything lists devices: collective operations must be
-        # configured before TensorFlow initializes them.
-        return KerasMultiWorkerMirroredStrategy()
-    gpus = tf.config.list_logical_devices('GPU')
-    if name == 'auto':
-        if len(gpus) > 1:
-            name = 'mirrored'
-        elif gpus:
-            name = 'one_device'
-        else:
-            name = 'default'
-    if name == 'mirrored':
-        # Without GPUs, mirror over the logical CPUs (tests split the CPU).
-        devices = None if gpus else [device.name for device in tf.config.list_logical_devices('CPU')]
-        return tf.distribute.MirroredStrategy(devices)
-    if name == 'tpu':
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    if name == 'one_device':
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else '/cpu:0')
-    return tf.distribute.get_strategy()
-
-
-class KerasMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
-    """MultiWorkerMirroredStrategy, as Keras 3.15 fit needs it on several workers.
-
-    fit averages each step's scalar metrics over the workers with
-    `reduce(MEAN, value, axis=0)`, an axis scalars lack ("Invalid reduction
-    dimension 0"). For a scalar that means the mean over the replicas,
-    which is what it gets here.
-    """
-
-    def reduce(self, reduce_op, value, axis=None):
-        local_values = self.experimental_local_results(value)
-        if axis is not None and all(local.shape.rank == 0 for local in local_values):
-            axis = None
-        return super().reduce(reduce_op, value, axis)
-
-
-def write_config(config: TrainConfig, output_dir: str, precision: str,
-                 strategy: tf.distribute.Strategy, manifest: records.Manifest) -> None:
-    """config.json: the resolved flags, the records, library versions and devices."""
-    content = {
-        'config': dataclasses.asdict(config),
-        'records': {'fingerprint': manifest.fingerprint(), 'class_names': manifest.class_names,
-                    'records_dir': config.input.records_dir},
-        'resolved': {'mixed_precision': precision, 'strategy': type(strategy).__name__,
-                     'replicas': strategy.num_replicas_in_sync,
-                     'jit_compile': resolve_jit_compile(config.jit_compile)},
-        'versions': {'python': platform.python_version(), 'tensorflow': tf.__version__,
-                     'keras': keras.__version__, 'numpy': np.__version__},
-        'devices': [device.name for device in tf.config.list_logical_devices()],
-        'command': cli.command_line(),
-        'recipe': cli.recipe(cli.command_line()),
-    }
-    run_callbacks.write_text_atomically(
-        run_folder.path(output_dir, run_folder.CONFIG), json.dumps(content, indent=2) + '\n')
+def run_config(config: TrainConfig, manifest: records.Manifest, precision: str,
+               jit_compile: bool, strategy: tf.distribute.Strategy,
+               command_line: tuple[str, ...]) -> run_folder.RunConfig:
+    """What config.json records: the flags and what they resolved to, the
+    records, library versions, devices and the command."""
+    return run_folder.RunConfig(
+        config=config,
+        records=run_folder.TrainedOn(manifest.fingerprint(), manifest.class_names,
+                                     config.input.records_dir),
+        mixed_precision=precision, jit_compile=jit_compile,
+        strategy=type(strategy).__name__, replicas=strategy.num_replicas_in_sync,
+        versions={'python': platform.python_version(), 'tensorflow': tf.__version__,
+                  'keras': keras.__version__, 'numpy': np.__version__},
+        devices=tuple(device.name for device in tf.config.list_logical_devices()),
+        command=tuple(command_line), recipe=run_folder.Recipe.of(list(command_line)))
 
 
 # ----------------------------------------------------------------------------
@@ -445,29 +249,27 @@ def write_config(config: TrainConfig, output_dir: str, precision: str,
 
 def run_phase(model: keras.Model, config: TrainConfig, phase: str,
               strategy: tf.distribute.Strategy, first_epoch: int, steps_per_epoch: int,
-              output_dir: str, restore: run_callbacks.RunState | None,
-              service_job: str | None,
-              estimate: run_callbacks.RunTimeEstimate | None = None) -> None:
+              output: RunFolder, restore: RunState | None, service_job: str | None,
+              estimate: run_callbacks.RunTimeEstimate | None, jit_compile: bool) -> None:
     """One phase, from `first_epoch` to its end, as one `fit` with its own compile.
 
-    Writes into output_dir. `restore`: the state of an earlier run to resume
-    from, whose backup is loaded; its optimizer state too when it was saved
-    in this phase (the other phase's optimizer trains other variables).
-    `estimate`: times the first steps, for the first phase this process runs.
+    `restore`: the state of an earlier run to resume from, whose backup is
+    loaded; its optimizer state too when it was saved in this phase (the
+    other phase's optimizer trains other variables). `estimate`: times the
+    first steps, for the first phase this process runs.
     """
     phase_first, end = phase_epochs(config, phase)
     model_lib.set_backbone_trainable(model, phase == 'fine_tune',
                                      pretrained=config.weights != 'none')
     resume_in_phase = restore is not None and restore.epochs_done > phase_first
     if restore is not None and not resume_in_phase:
-        load_backup(model, config.model_dir, restore)
+        load_backup(model, output, restore)
     with strategy.scope():
-        compile_model(model, config, phase, steps_per_epoch, end - phase_first,
-                      resolve_jit_compile(config.jit_compile))
-        if _workers(strategy) > 1:
-            _prepare_for_several_workers(model)
+        compile_model(model, config, phase, steps_per_epoch, end - phase_first, jit_compile)
+        if distributed.workers(strategy) > 1:
+            distributed.prepare_for_several_workers(model)
     if resume_in_phase:
-        load_backup(model, config.model_dir, restore)
+        load_backup(model, output, restore)
     # Endless: fit takes steps_per_epoch batches an epoch from one iterator.
     # (A finite dataset makes Keras warn that it ran out of data; through a
     # service, consumers take batches at uneven rates and a finite job could
@@ -486,26 +288,10 @@ def run_phase(model: keras.Model, config: TrainConfig, phase: str,
             train_data, validation_data=validation_data, initial_epoch=first_epoch,
             epochs=end, steps_per_epoch=steps_per_epoch, shuffle=False, verbose='auto',
             validation_steps=pipeline.evaluation_steps(
-                validation_count, config.input.batch_size, _workers(strategy)),
+                validation_count, config.input.batch_size, distributed.workers(strategy)),
             callbacks=run_callbacks.make_callbacks(
-                output_dir, phase, config.input.batch_size * steps_per_epoch,
-                config.input.seed, chief_dir=config.model_dir,
+                output, phase, config.input.batch_size * steps_per_epoch, config.input.seed,
                 total_epochs=phase_epochs(config, 'fine_tune')[1], estimate=estimate))
-
-
-def _prepare_for_several_workers(model: keras.Model) -> None:
-    """Works around two failures of Keras 3.15 fit on several workers.
-
-    First, fit builds the model from a batch averaged over all replicas with
-    `strategy.reduce`, which MultiWorkerMirroredStrategy cannot do across
-    workers for an (images, labels) pair ("Attempt to convert a value
-    (PerReplica ...)"). Without a strategy recorded on the model fit skips
-    that step and takes the strategy of the scope it runs in; the optimizer
-    is built already (`compile_model`), and the loss and metrics build when
-    fit traces its step. The other failure is worked around in
-    `KerasMultiWorkerMirroredStrategy`.
-    """
-    model._distribute_strategy = None
 
 
 def compile_model(model: keras.Model, config: TrainConfig, phase: str, steps_per_epoch: int,
@@ -547,7 +333,7 @@ def make_optimizer(name: str, learning_rate, weight_decay: float) -> keras.optim
 
 
 def save_and_finish(model: keras.Model, config: TrainConfig, strategy: tf.distribute.Strategy,
-                    output_dir: str) -> dict | None:
+                    output: RunFolder) -> run_folder.Metrics | None:
     """final.keras on every worker; then, on the chief alone, `finish`.
 
     Returns:
@@ -557,15 +343,15 @@ def save_and_finish(model: keras.Model, config: TrainConfig, strategy: tf.distri
     # Every worker saves, as TensorFlow asks of multi-worker saving: a save
     # may read variables synchronized over the workers, a collective
     # operation the chief could not complete alone.
-    run_callbacks.save_model_atomically(model, run_folder.path(output_dir, run_folder.FINAL_MODEL))
+    run_callbacks.save_inference_model(model, output.path(run_folder.FINAL_MODEL))
     logging.info('Final weights: sha256 %s', weights_digest(model))
-    metrics = finish(config) if output_dir == config.model_dir else None
-    if _workers(strategy) > 1:
+    metrics = finish(config, output) if output.model_dir == config.model_dir else None
+    if distributed.workers(strategy) > 1:
         # The others wait for the chief's evaluation: a worker that left
         # earlier would be reported to the chief as crashed.
-        _wait_for_every_worker(strategy)
+        distributed.wait_for_every_worker(strategy)
     if metrics is None:
-        tf.io.gfile.rmtree(output_dir)
+        files.remove(output.model_dir)
         logging.info('Worker done; the chief wrote the outputs into %s', config.model_dir)
     return metrics
 
@@ -581,37 +367,23 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def _wait_for_every_worker(strategy: tf.distribute.Strategy) -> None:
-    """A barrier: a sum over every replica, which each worker has to join."""
-    strategy.reduce('SUM', strategy.run(lambda: tf.constant(1.0)), axis=None)
-
-
-def finish(config: TrainConfig) -> dict:
-    """The SavedModel, metrics.json and predictions.npz, from final.keras.
-
-    Marks the run finished last, then removes its backup: a kill before
-    that mark reruns this, from final.keras.
-    """
-    model_dir = config.model_dir
-    final_path = run_folder.path(model_dir, run_folder.FINAL_MODEL)
+def finish(config: TrainConfig, run: RunFolder) -> run_folder.Metrics:
+    """The SavedModel, metrics.json and predictions.npz, from final.keras;
+    then the run marked finished (a kill before that reruns this)."""
     # Reloaded outside the strategy: evaluation then runs on one device over
     # every image, with no replica left an empty batch.
-    serving = evaluate.load_serving_model(final_path)
-    export_dir = run_folder.path(model_dir, run_folder.SAVED_MODEL)
-    if tf.io.gfile.exists(export_dir):
-        tf.io.gfile.rmtree(export_dir)  # Never a SavedModel of an earlier run.
+    serving = evaluate.load_serving_model(run.path(run_folder.FINAL_MODEL))
+    if run.exists(run_folder.SAVED_MODEL):
+        files.remove(run.path(run_folder.SAVED_MODEL))  # Never a SavedModel of an earlier run.
     if config.export_saved_model:
-        evaluate.export_saved_model(serving, export_dir)
+        evaluate.export_saved_model(serving, run.path(run_folder.SAVED_MODEL))
     split = evaluate.resolve_split(config.input.records_dir, config.evaluation_split)
     device_input = dataclasses.replace(config.input, upsample_on='device')
     metrics = evaluate.evaluate(serving, device_input, split, run_folder.FINAL_MODEL)
-    evaluate.write_json(run_folder.path(model_dir, run_folder.METRICS), metrics)
-    evaluate.write_predictions(run_folder.path(model_dir, run_folder.PREDICTIONS), serving,
+    files.write_dataclass(run.path(run_folder.METRICS), metrics)
+    evaluate.write_predictions(run.path(run_folder.PREDICTIONS), serving,
                                config.input.records_dir, split, run_folder.FINAL_MODEL)
-    state = run_callbacks.read_state(model_dir)
-    run_callbacks.write_state(model_dir, dataclasses.replace(state, finished=True))
-    backup_dir = run_folder.path(model_dir, run_folder.BACKUP)
-    if tf.io.gfile.exists(backup_dir):
-        tf.io.gfile.rmtree(backup_dir)
-    logging.info('%s accuracy %.4f; everything is in %s', split, metrics['accuracy'], model_dir)
+    run.mark_finished()
+    logging.info('%s accuracy %.4f; everything is in %s', split, metrics.accuracy,
+                 config.model_dir)
     return metrics

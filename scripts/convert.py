@@ -11,8 +11,6 @@ shards for train, validation and test, then manifest.json.
 """
 
 from cifar_tfrecord import cli
-from cifar_tfrecord import convert
-from cifar_tfrecord import records
 from cifar_tfrecord.config import ConvertConfig
 
 cli.define_flags(ConvertConfig)
@@ -21,6 +19,8 @@ cli.define_flags(ConvertConfig)
 def main(argv):
     cli.no_arguments(argv)
     config = cli.config_from_flags(ConvertConfig)
+    # Loads TensorFlow: after cli.run has quietened it.
+    from cifar_tfrecord import convert, records
     if config.verify:
         counts = records.verify(config.output_dir)
         print(f'{config.output_dir}: verified ' + ', '.join(

@@ -22,7 +22,7 @@ cli.define_flags(DataServiceConfig)
 
 def main(argv):
     cli.no_arguments(argv)
-    config = cli.config_from_flags(DataServiceConfig).validate()
+    config = cli.config_from_flags(DataServiceConfig)
     import tensorflow as tf  # Here: --help and bad flags answer without loading it.
     servers = []
     dispatcher_address = config.dispatcher

@@ -14,7 +14,6 @@ evaluated with a warning.
 """
 
 from cifar_tfrecord import cli
-from cifar_tfrecord import evaluate
 from cifar_tfrecord.config import EvaluateConfig
 
 cli.define_flags(EvaluateConfig)
@@ -22,12 +21,13 @@ cli.define_flags(EvaluateConfig)
 
 def main(argv):
     cli.no_arguments(argv)
-    config = cli.config_from_flags(EvaluateConfig).validate()
+    config = cli.config_from_flags(EvaluateConfig)
+    from cifar_tfrecord import evaluate  # Loads TensorFlow: after cli.run has quietened it.
     metrics, paths = evaluate.evaluate_model(
         config.model_dir, config.model, config.records_dir, config.split, config.batch_size,
         config.output, config.predictions_output)
-    print(f'{metrics["model"]} on {metrics["split"]}: accuracy {metrics["accuracy"]:.4f}, '
-          f'loss {metrics["loss"]:.4f}; wrote {" and ".join(paths)}')
+    print(f'{metrics.model} on {metrics.split}: accuracy {metrics.accuracy:.4f}, '
+          f'loss {metrics.loss:.4f}; wrote {" and ".join(paths)}')
 
 
 if __name__ == '__main__':

@@ -18,8 +18,7 @@ predictions-<model>-<split>.npz that scripts/evaluate.py writes, and their
 names end in -<model>-<split>.png; when those files are missing, the error
 names the evaluate.py command that writes them. --compare adds
 compare_loss.png and compare_accuracy.png. Prints each path written. Bad
-input writes nothing. Takes about two seconds; TensorFlow is imported only
-for remote folders (gs://).
+input writes nothing. TensorFlow is imported only for remote folders (gs://).
 """
 
 from cifar_tfrecord import cli
@@ -31,7 +30,7 @@ cli.define_flags(PlotConfig)
 
 def main(argv):
     cli.no_arguments(argv)
-    config = cli.config_from_flags(PlotConfig).validate()
+    config = cli.config_from_flags(PlotConfig)
     for path in plots.write_plots(config.model_dir, list(config.compare), config.output_dir,
                                   config.model, config.split):
         print(path)

@@ -21,12 +21,9 @@ and the exit status is then 1. When no file can be read (not an image,
 empty, truncated, missing, or declaring over 100 million pixels), or a glob
 matches nothing, or a folder holds no image, one line says why and nothing
 is written.
-Measured here: 20 images (ten 12-megapixel JPEG photos, ten PNG icons) with
-a 32 px model in 8 s, most of it starting TensorFlow and loading the model.
 """
 
 from cifar_tfrecord import cli
-from cifar_tfrecord import evaluate
 from cifar_tfrecord import run_folder
 from cifar_tfrecord.config import PredictConfig
 from cifar_tfrecord.errors import UserInputError
@@ -36,7 +33,8 @@ cli.define_flags(PredictConfig)
 
 def main(argv):
     cli.no_arguments(argv)
-    config = cli.config_from_flags(PredictConfig).validate()
+    config = cli.config_from_flags(PredictConfig)
+    from cifar_tfrecord import evaluate  # Loads TensorFlow: after cli.run has quietened it.
     if config.images:
         classify(config)
         return
@@ -46,6 +44,7 @@ def main(argv):
 
 
 def classify(config: PredictConfig) -> None:
+    from cifar_tfrecord import evaluate
     path, predictions = evaluate.predict_images(
         config.model_dir, config.model, list(config.images), config.output, config.batch_size)
     print(evaluate.format_image_table(predictions))

@@ -1,5 +1,5 @@
 # Sourced by the quick-start scripts: makes .venv and installs the package
-# into it, once; later runs reuse it. Needs only python3 (3.10+) and pip.
+# into it, once; later runs reuse it. Needs only python3 (3.11+) and pip.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -14,7 +14,3 @@ if [ ! -f .venv/.installed ] || [ setup.cfg -nt .venv/.installed ] \
   touch .venv/.installed
 fi
 export PATH="$PWD/.venv/bin:$PATH"
-# TensorFlow's C++ log (no GPU, CPU features) is noise here: the package
-# hides it too (cifar_tfrecord/startup.py), but the tests import TensorFlow
-# first. Level 3, as the package's: 2 would let `failed call to cuInit` through.
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"

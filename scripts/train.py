@@ -17,7 +17,6 @@ writes --model_dir); scripts/launch_local.py starts such a job on one machine.
 """
 
 from cifar_tfrecord import cli
-from cifar_tfrecord import train
 from cifar_tfrecord.config import TrainConfig
 
 cli.define_flags(TrainConfig)
@@ -25,12 +24,13 @@ cli.define_flags(TrainConfig)
 
 def main(argv):
     cli.no_arguments(argv)
-    metrics = train.train(cli.config_from_flags(TrainConfig))
+    config = cli.config_from_flags(TrainConfig)
+    from cifar_tfrecord import train  # Loads TensorFlow: after cli.run has quietened it.
+    metrics = train.train(config, cli.command_line())
     if metrics is None:
         print('worker done: the chief wrote the outputs')
         return
-    print(f'{metrics["split"]} accuracy {metrics["accuracy"]:.4f}, '
-          f'loss {metrics["loss"]:.4f}')
+    print(f'{metrics.split} accuracy {metrics.accuracy:.4f}, loss {metrics.loss:.4f}')
 
 
 if __name__ == '__main__':

@@ -12,12 +12,17 @@ import os
 import signal
 import tempfile
 
-import keras
+# TensorFlow's C++ start-up log is noise in test output; the scripts hide it
+# themselves (cifar_tfrecord/startup.py), but the tests import TensorFlow here.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import keras  # noqa: E402  (after the log level)
 import pytest
 import tensorflow as tf
 from absl import flags
 
 from cifar_tfrecord import convert
+from cifar_tfrecord import run_folder
 from cifar_tfrecord import sample
 from cifar_tfrecord.config import ConvertConfig
 
@@ -102,7 +107,7 @@ def run_script(name: str, *args: str) -> int:
 
 def read_history(model_dir) -> list[dict]:
     """A run's history.csv, one dict per epoch."""
-    with open(os.path.join(model_dir, 'history.csv')) as file:
+    with open(os.path.join(model_dir, run_folder.HISTORY)) as file:
         return list(csv.DictReader(file))
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from cifar_tfrecord import archive
 from cifar_tfrecord import sample
+from cifar_tfrecord.errors import UserInputError
 
 _LIMITS = archive.Limits(entry_bytes=1 << 20, entries=1000, total_bytes=1 << 26,
                          memory_bytes=1 << 30)
@@ -57,7 +58,7 @@ def test_archive_streams_every_file_intact(small_7z):
 ])
 def test_declared_sizes_over_a_limit_are_refused_before_decompressing(small_7z, limits,
                                                                        message):
-    with pytest.raises(archive.ArchiveError, match=f'^{_LOCATION}: {message}$'):
+    with pytest.raises(UserInputError, match=f'^{_LOCATION}: {message}$'):
         _stream(small_7z[0], limits)
 
 
@@ -75,7 +76,7 @@ def test_an_entry_growing_past_its_limit_is_stopped_whatever_its_header_declares
     assert str(refused.value) == (
         "entry 'train/7.png' decompresses to more than the 1,000 bytes a 32x32 PNG may take "
         '(at least 1,200), though its header declares 600')
-    assert len(collector.read()) == 600  # The refused write was not kept.
+    assert collector.size() == 600  # The refused write was not kept.
     assert not completed
 
 
@@ -136,7 +137,7 @@ _GARBAGE_CHILDREN = {
 def test_a_child_that_dies_or_sends_garbage_is_named_in_one_line(small_7z, monkeypatch, case):
     code, message = _GARBAGE_CHILDREN[case]
     _fake_child(monkeypatch, code)
-    with pytest.raises(archive.ArchiveError) as error:
+    with pytest.raises(UserInputError) as error:
         _stream(small_7z[0])
     assert str(error.value) == f'{_LOCATION}: {message}'
 
@@ -195,6 +196,6 @@ def test_the_childs_output_is_kept_in_an_unlinked_file(small_7z, monkeypatch, tm
     monkeypatch.setattr('tempfile.tempdir', str(tmp_path / 'temporary'))
     os.makedirs(tmp_path / 'temporary')
     _fake_child(monkeypatch, 'import sys; print("x" * 100_000); sys.exit(1)')
-    with pytest.raises(archive.ArchiveError, match='died'):
+    with pytest.raises(UserInputError, match='died'):
         _stream(small_7z[0])
     assert not os.listdir(tmp_path / 'temporary')

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from cifar_tfrecord import callbacks
 from cifar_tfrecord import run_folder
+from cifar_tfrecord.errors import UserInputError
 
 
 def _dropout_model(seed: int) -> keras.Model:
@@ -39,34 +40,13 @@ def test_dropout_of_an_epoch_depends_on_the_seed_and_the_epoch_alone():
     assert not np.array_equal(_masks(first, epoch=4)[0], uninterrupted[0])
 
 
-def test_replicas_end_an_epoch_with_the_same_moving_statistics():
-    strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
-    with strategy.scope():
-        model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(momentum=0.5),
-                                  keras.layers.Dense(1)])
-        model.compile(optimizer='sgd', loss='mse')
-    # Each replica gets its own half of the batch: different batch means.
-    features = np.array([[0, 0, 0], [10, 20, 30]], np.float32)
-    model.fit(features, np.zeros((2, 1)), batch_size=2, epochs=1, verbose=0, shuffle=False)
-    norm = model.layers[0]
-    before = [copy.numpy() for copy in
-              strategy.experimental_local_results(norm.moving_mean.value)]
-    assert not np.array_equal(before[0], before[1])
-    average = callbacks.AverageMovingStatistics()
-    average.set_model(model)
-    with strategy.scope():
-        average.on_test_begin()
-    after = [copy.numpy() for copy in strategy.experimental_local_results(norm.moving_mean.value)]
-    np.testing.assert_array_equal(after[0], after[1])
-    np.testing.assert_allclose(after[0], np.mean(before, axis=0), rtol=1e-6)
-
-
 def test_state_round_trips_and_a_new_run_has_none(tmp_path):
-    assert callbacks.read_state(str(tmp_path)) == callbacks.RunState()
-    state = callbacks.RunState(epochs_done=3, phase='fine_tune',
-                               backup='backup/epoch-0003.weights.h5')
-    callbacks.write_state(str(tmp_path), state)
-    assert callbacks.read_state(str(tmp_path)) == state
+    run = run_folder.RunFolder(str(tmp_path))
+    assert run.read_state() == run_folder.RunState()
+    state = run_folder.RunState(epochs_done=3, phase='fine_tune',
+                                backup='backup/epoch-0003.weights.h5')
+    run.write_state(state)
+    assert run.read_state() == state
     assert sorted(path.name for path in tmp_path.iterdir()) == [run_folder.STATE]
 
 
@@ -81,8 +61,8 @@ def _fit_small(tmp_path, callback_list, epochs=2, steps=8):
 
 
 def test_each_epoch_ends_with_one_line_of_where_the_run_is(tmp_path, caplog):
-    history = callbacks.HistoryCSV(str(tmp_path), 'fine_tune', images_per_epoch=16,
-                                   total_epochs=5)
+    run = run_folder.RunFolder(str(tmp_path))
+    history = callbacks.HistoryCSV(run, 'fine_tune', images_per_epoch=16, total_epochs=5)
     with caplog.at_level('INFO', logger='absl'):
         _fit_small(tmp_path, [history])
     lines = [record.getMessage() for record in caplog.records
@@ -92,7 +72,7 @@ def test_each_epoch_ends_with_one_line_of_where_the_run_is(tmp_path, caplog):
                         r'val_loss \d+\.\d{4}, val_accuracy \d\.\d{4}, [\d,]+ images/s, '
                         r'about \d+ s left', lines[0]), lines[0]
     assert lines[1].startswith('fine_tune epoch 2/5:')
-    assert len(callbacks.read_history(str(tmp_path))) == 2
+    assert [row['epoch'] for row in run.history_rows()] == ['1', '2']
 
 
 @pytest.mark.parametrize('advice', [None, 'use the CPU recipe'])
@@ -113,5 +93,30 @@ def test_the_progress_bar_ends_its_line_before_the_epochs_summary():
     """Keras would append its own bar last, whose line would end only after
     HistoryCSV had logged the summary onto it."""
     names = [type(callback).__name__ for callback in callbacks.make_callbacks(
-        'run', 'fine_tune', images_per_epoch=16, seed=0, total_epochs=2)]
+        run_folder.RunFolder('run'), 'fine_tune', images_per_epoch=16, seed=0, total_epochs=2)]
     assert names.index('ProgbarLogger') < names.index('HistoryCSV')
+    # Stopping comes before anything that would record the step or the epoch.
+    assert names.index('StopOnNonFiniteLoss') < names.index('ProgbarLogger')
+
+
+def test_a_diverged_loss_stops_the_run_before_its_epoch_is_recorded(tmp_path):
+    run = run_folder.RunFolder(str(tmp_path))
+    run.write_state(run_folder.RunState(epochs_done=1, phase='fine_tune',
+                                        backup='backup/epoch-0001.weights.h5'))
+    ended = []
+    recorder = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ended.append(epoch))
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    # A rate this large sends a linear model's squared error to infinity within steps.
+    model.compile(optimizer=keras.optimizers.SGD(1e30), loss='mse')
+    features = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    with pytest.raises(UserInputError) as raised:
+        model.fit(features, np.ones((16, 1)), batch_size=2, epochs=2, verbose=0,
+                  validation_data=(features, np.ones((16, 1))),
+                  callbacks=[callbacks.StopOnNonFiniteLoss(run, 'fine_tune'), recorder])
+    message = str(raised.value)
+    assert '\n' not in message
+    for words in ('diverged', 'epoch 1', 'fine_tune', '1 finished epochs'):
+        assert words in message
+    assert re.search(r'loss reached (nan|inf)', message), message
+    assert ended == []
+    assert run.read_state().epochs_done == 1

@@ -9,6 +9,7 @@ import pytest
 from absl import flags
 
 from cifar_tfrecord import cli
+from cifar_tfrecord import run_folder
 from cifar_tfrecord.config import (BenchmarkConfig, ConvertConfig, DataServiceConfig,
                                    EvaluateConfig, InputConfig, LaunchConfig, PlotConfig,
                                    PredictConfig, TrainConfig)
@@ -22,7 +23,7 @@ def _train_config(*arguments: str) -> TrainConfig:
     load_script('train')
     flags.FLAGS.unparse_flags()
     flags.FLAGS(['train.py', *arguments])
-    return cli.config_from_flags(TrainConfig).validate()
+    return cli.config_from_flags(TrainConfig)
 
 
 @pytest.mark.parametrize('name', sorted(os.listdir(RECIPES)))
@@ -55,10 +56,10 @@ def test_later_flags_override_the_recipe():
 def test_the_recipe_of_a_command_line_is_recorded(tmp_path):
     recipe = tmp_path / 'mine.flags'
     recipe.write_text('# a comment\n--image_size=32\n')
-    recorded = cli.recipe(['train.py', '--model_dir=runs/x', f'--flagfile={recipe}',
-                           '--batch_size=8', '--flagfile', str(recipe)])
-    assert recorded == {'flagfiles': {str(recipe): '# a comment\n--image_size=32\n'},
-                        'flags': ['--model_dir=runs/x', '--batch_size=8']}
+    recorded = run_folder.Recipe.of(['train.py', '--model_dir=runs/x', f'--flagfile={recipe}',
+                                     '--batch_size=8', '--flagfile', str(recipe)])
+    assert recorded == run_folder.Recipe({str(recipe): '# a comment\n--image_size=32\n'},
+                                         ('--model_dir=runs/x', '--batch_size=8'))
 
 
 def test_a_bare_boolean_flag_leaves_the_next_flag_alone():

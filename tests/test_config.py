@@ -1,23 +1,37 @@
-"""The configs: shared defaults written once, values older versions recorded."""
+"""The configs: shared defaults written once, bad values refused."""
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 
-from cifar_tfrecord import config
 from cifar_tfrecord.config import (BenchmarkConfig, ConvertConfig, EvaluateConfig, InputConfig,
                                    TrainConfig)
 
 
-@pytest.mark.parametrize('recorded, jit_compile', [
-    ('auto', None), ('true', True), ('false', False)])
-def test_a_run_recorded_with_the_former_jit_compile_string_resumes(recorded, jit_compile):
-    saved = dataclasses.asdict(TrainConfig(jit_compile=jit_compile))
-    saved['jit_compile'] = recorded
-    assert config.changed_flags(saved, TrainConfig(jit_compile=jit_compile)) == []
-    other = {None: True, True: False, False: None}[jit_compile]
-    assert config.changed_flags(saved, TrainConfig(jit_compile=other)) == [
-        ('jit_compile', jit_compile, other)]
+def test_the_config_module_needs_nothing_but_the_standard_library():
+    # Scripts answer --help and bad flags from it before TensorFlow loads.
+    result = subprocess.run([sys.executable, '-c', (
+        'import sys; import cifar_tfrecord.config; '
+        'print(sorted(name for name in sys.modules if name.split(".")[0] in '
+        '("tensorflow", "keras", "numpy", "absl", "h5py")))')],
+        capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == '[]'
+
+
+@pytest.mark.parametrize('change, key_words', [
+    (dict(batch_size=0), ['--batch_size=0']),
+    (dict(mixed_precision='float8'), ['--mixed_precision=float8']),
+])
+def test_a_bad_value_is_refused_naming_its_flag(change, key_words):
+    with pytest.raises(ValueError) as raised:
+        dataclasses.replace(TrainConfig(), **{
+            key: value for key, value in change.items() if key != 'batch_size'},
+            **({'input': dataclasses.replace(InputConfig(), batch_size=change['batch_size'])}
+               if 'batch_size' in change else {})).validate()
+    for words in key_words:
+        assert words in str(raised.value)
 
 
 def test_shared_defaults_are_the_same_everywhere():

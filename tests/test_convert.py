@@ -1,6 +1,5 @@
 """The converter, driven through scripts/convert.py's flags."""
 
-import collections
 import dataclasses
 import hashlib
 import io
@@ -161,21 +160,6 @@ def test_uneven_source_batches_keep_each_image_with_its_id_and_label(monkeypatch
     for number, (image, label) in enumerate(zip(parsed['image'].numpy(), parsed['label'].numpy())):
         assert np.all(image == number), f'image {number} holds pixels {np.unique(image)}'
         assert label == loaded.labels[number] == number % records.NUM_CLASSES
-
-
-def test_decoded_images_out_of_place_are_an_internal_error():
-    def rebuild(positions):
-        batch = sources.SourceBatch(['1', '2', '3'], [b''] * 3, np.zeros(3, np.int64))
-        # One decoded group, as TF hands it back: three images, then padding.
-        group = np.zeros((1, convert_lib._DECODE_GROUP, *records.IMAGE_SHAPE), np.uint8)
-        return list(convert_lib._rebuilt_batches([(group, positions)], collections.deque([batch])))
-
-    in_place = convert_lib._positions(0, 3)
-    assert [len(images) for _, images in rebuild(in_place)] == [3]
-    swapped = in_place.copy()
-    swapped[0, [1, 2]] = in_place[0, [2, 1]]
-    with pytest.raises(RuntimeError, match='internal error: decoded images out of place'):
-        rebuild(swapped)
 
 
 def test_a_changed_extracted_image_is_converted_again(tmp_path, small_sample, capsys):

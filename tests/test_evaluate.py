@@ -9,7 +9,6 @@ under test.
 """
 
 import csv
-import dataclasses
 import io
 import json
 import logging
@@ -26,6 +25,7 @@ from PIL import Image
 
 from cifar_tfrecord import convert
 from cifar_tfrecord import evaluate
+from cifar_tfrecord import files
 from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import plots
 from cifar_tfrecord import progress
@@ -35,21 +35,21 @@ from cifar_tfrecord.config import ConvertConfig, InputConfig, TrainConfig
 from cifar_tfrecord.errors import UserInputError
 from conftest import run_script
 
-MODEL_FILES = ('final.keras', 'best.keras')
+MODEL_FILES = (run_folder.FINAL_MODEL, run_folder.BEST_MODEL)
+TRAINER_FILES = (run_folder.METRICS, run_folder.PREDICTIONS)
 VALIDATION_IMAGES = 20  # The sample records: 2 per class.
 TEST_IMAGES = 12
 
 
-def write_run_config(run, records_dir, **records_entry):
-    """config.json as the trainer writes it; `records_entry` overrides its "records"."""
+def write_run_config(run, records_dir):
+    """config.json as the trainer writes it, of a run on `records_dir`."""
     manifest = records.load_manifest(records_dir)
-    train_config = TrainConfig(model_dir=str(run),
-                               input=InputConfig(records_dir=records_dir, image_size=32))
-    entry = {'fingerprint': manifest.fingerprint(), 'class_names': list(manifest.class_names),
-             'records_dir': records_dir}
-    entry.update(records_entry)
-    content = {'config': dataclasses.asdict(train_config), 'records': entry}
-    (run / 'config.json').write_text(json.dumps(content, indent=2))
+    files.write_dataclass(str(run / run_folder.CONFIG), run_folder.RunConfig(
+        config=TrainConfig(model_dir=str(run),
+                           input=InputConfig(records_dir=records_dir, image_size=32)),
+        records=run_folder.TrainedOn(manifest.fingerprint(), manifest.class_names, records_dir),
+        mixed_precision='float32', jit_compile=False, strategy='default', replicas=1,
+        versions={}, devices=(), command=(), recipe=run_folder.Recipe({}, ())))
 
 
 def split_arrays(records_dir, split):
@@ -85,8 +85,8 @@ def saved_run(sample_records, tmp_path_factory):
         probabilities[name] = {'validation': both[:len(validation_images)],
                                'test': both[len(validation_images):]}
     write_run_config(run, sample_records)
-    (run / 'metrics.json').write_text('the trainer\'s metrics')
-    (run / 'predictions.npz').write_bytes(b'the trainer\'s predictions')
+    (run / run_folder.METRICS).write_text('the trainer\'s metrics')
+    (run / run_folder.PREDICTIONS).write_bytes(b'the trainer\'s predictions')
     return types.SimpleNamespace(path=run, records_dir=sample_records, labels=validation_labels,
                                  test_ids=test_ids, probabilities=probabilities, model=model,
                                  heads=heads)
@@ -111,6 +111,14 @@ def error_lines(capsys) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
 
 
+def assert_one_error_naming(capsys, *words) -> str:
+    """One error line, naming each of `words`."""
+    [error] = error_lines(capsys)
+    for word in words:
+        assert str(word) in error, (word, error)
+    return error
+
+
 def test_the_two_models_predict_differently(saved_run):
     """Otherwise no test here could tell which model a script used."""
     final, best = (saved_run.probabilities[name]['validation'] for name in MODEL_FILES)
@@ -123,27 +131,26 @@ def test_the_two_models_predict_differently(saved_run):
 
 
 @pytest.mark.parametrize('model_flag, label, model_file', [
-    ([], 'final', 'final.keras'),                      # The default: the run's model.
-    (['--model=best'], 'best', 'best.keras'),
-    (['--model=PATH'], 'candidate', 'best.keras'),     # PATH: a link to best.keras elsewhere.
+    ([], 'final', run_folder.FINAL_MODEL),                 # The default: the run's model.
+    (['--model=best'], 'best', run_folder.BEST_MODEL),
+    (['--model=PATH'], 'candidate', run_folder.BEST_MODEL),  # A link to best.keras elsewhere.
 ])
 def test_evaluate_writes_the_named_models_metrics_and_predictions(
         saved_run, tmp_path, model_flag, label, model_file):
     run = saved_run.path
     candidate = tmp_path / 'candidate.keras'
-    os.symlink(run / 'best.keras', candidate)
+    os.symlink(run / run_folder.BEST_MODEL, candidate)
     model_flag = [flag.replace('PATH', str(candidate)) for flag in model_flag]
-    trainer_files = {name: (run / name).read_bytes()
-                     for name in ('metrics.json', 'predictions.npz')}
+    trainer_files = {name: (run / name).read_bytes() for name in TRAINER_FILES}
     assert run_script('evaluate', f'--model_dir={run}', f'--records_dir={saved_run.records_dir}',
                       *model_flag) == 0
     expected = saved_run.probabilities[model_file]['validation']
     recorded_name = str(candidate) if label == 'candidate' else model_file
-    metrics = json.loads((run / f'metrics-{label}-validation.json').read_text())
-    assert (metrics['model'], metrics['split']) == (recorded_name, 'validation')
-    assert metrics['examples'] == VALIDATION_IMAGES
-    assert metrics['loss'] == pytest.approx(expected_loss(expected, saved_run.labels), rel=1e-4)
-    assert metrics['accuracy'] == pytest.approx(
+    metrics = run_folder.read_metrics(str(run / f'metrics-{label}-validation.json'))
+    assert (metrics.model, metrics.split) == (recorded_name, 'validation')
+    assert metrics.examples == VALIDATION_IMAGES
+    assert metrics.loss == pytest.approx(expected_loss(expected, saved_run.labels), rel=1e-4)
+    assert metrics.accuracy == pytest.approx(
         np.mean(expected.argmax(axis=1) == saved_run.labels))
     with np.load(run / f'predictions-{label}-validation.npz') as predictions:
         assert (str(predictions['model']), str(predictions['split'])) == (
@@ -165,15 +172,14 @@ def assert_plots_name(run, label, described):
 
 
 @pytest.mark.parametrize('output_flag', ['--output', '--predictions_output'])
-@pytest.mark.parametrize('trainer_file', ['metrics.json', 'predictions.npz'])
+@pytest.mark.parametrize('trainer_file', TRAINER_FILES)
 def test_evaluate_refuses_to_overwrite_the_trainers_files(saved_run, capsys, output_flag,
                                                          trainer_file):
     run = saved_run.path
     before = listing(run)
     assert run_script('evaluate', f'--model_dir={run}', f'--records_dir={saved_run.records_dir}',
                       f'{output_flag}={run / trainer_file}') == 1
-    [error] = error_lines(capsys)
-    assert f'{run / trainer_file} is the trainer\'s {trainer_file}' in error
+    assert_one_error_naming(capsys, run / trainer_file, f'the trainer\'s {trainer_file}')
     assert listing(run) == before
 
 
@@ -198,7 +204,7 @@ def test_predict_writes_the_final_models_submission_into_the_run(saved_run, caps
     assert lines[0] == 'id,label'
     rows = [line.split(',') for line in lines[1:]]
     assert [int(image_id) for image_id, _ in rows] == list(range(1, TEST_IMAGES + 1))
-    expected_classes = saved_run.probabilities['final.keras']['test'].argmax(axis=1)
+    expected_classes = saved_run.probabilities[run_folder.FINAL_MODEL]['test'].argmax(axis=1)
     by_id = dict(zip(saved_run.test_ids,
                      (records.CLASS_NAMES[index] for index in expected_classes)))
     assert [label for _, label in rows] == [by_id[image_id] for image_id, _ in rows]
@@ -225,10 +231,8 @@ def test_records_of_other_classes_are_refused(saved_run, renamed_class_records, 
     before = listing(run)
     assert run_script(script, f'--model_dir={run}',
                       f'--records_dir={renamed_class_records}') == 1
-    [error] = error_lines(capsys)
-    assert renamed_class_records in error
-    assert str(['aeroplane', *records.CLASS_NAMES[1:]]) in error
-    assert str(list(records.CLASS_NAMES)) in error
+    assert_one_error_naming(capsys, renamed_class_records,
+                            ['aeroplane', *records.CLASS_NAMES[1:]], list(records.CLASS_NAMES))
     assert listing(run) == before
 
 
@@ -243,7 +247,7 @@ def test_other_records_of_the_same_classes_warn_and_evaluate(saved_run, tmp_path
     given = records.load_manifest(other_records).fingerprint()
     assert trained_on != given
     before = listing(run)
-    metrics_path, predictions_path = tmp_path / 'out' / 'metrics.json', tmp_path / 'p.npz'
+    metrics_path, predictions_path = tmp_path / 'out' / run_folder.METRICS, tmp_path / 'p.npz'
     with caplog.at_level(logging.WARNING):
         assert run_script('evaluate', f'--model_dir={run}', f'--records_dir={other_records}',
                           f'--output={metrics_path}',
@@ -252,29 +256,26 @@ def test_other_records_of_the_same_classes_warn_and_evaluate(saved_run, tmp_path
                  if record.levelno == logging.WARNING and 'other records' in record.getMessage()]
     for part in (trained_on[:12], given[:12], saved_run.records_dir, other_records):
         assert part in warning
-    metrics = json.loads(metrics_path.read_text())
-    assert (metrics['model'], metrics['split']) == ('final.keras', 'validation')
-    assert metrics['examples'] == VALIDATION_IMAGES
+    metrics = run_folder.read_metrics(str(metrics_path))
+    assert (metrics.model, metrics.split) == (run_folder.FINAL_MODEL, 'validation')
+    assert metrics.examples == VALIDATION_IMAGES
     with np.load(predictions_path) as predictions:
-        assert str(predictions['model']) == 'final.keras'
+        assert str(predictions['model']) == run_folder.FINAL_MODEL
     assert listing(run) == before
 
 
-def test_runs_from_before_the_records_were_recorded_are_not_checked(
+def test_a_model_file_without_a_run_config_is_not_checked(
         saved_run, renamed_class_records, tmp_path, caplog):
-    run = tmp_path / 'old_run'
-    run.mkdir()
-    os.symlink(saved_run.path / 'final.keras', run / 'final.keras')
-    config = json.loads((saved_run.path / 'config.json').read_text())
-    del config['records']
-    (run / 'config.json').write_text(json.dumps(config))
+    model = tmp_path / 'loose' / run_folder.FINAL_MODEL
+    model.parent.mkdir()
+    os.symlink(saved_run.path / run_folder.FINAL_MODEL, model)
     with caplog.at_level(logging.WARNING):
-        evaluate.check_records(str(run / 'final.keras'), renamed_class_records)
+        evaluate.check_records(str(model), renamed_class_records, 'validation')
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
-    # The same run with the key refuses those records.
-    write_run_config(run, saved_run.records_dir)
+    # Beside the config.json of a run, the same model refuses those records.
+    write_run_config(model.parent, saved_run.records_dir)
     with pytest.raises(UserInputError, match='aeroplane'):
-        evaluate.check_records(str(run / 'final.keras'), renamed_class_records)
+        evaluate.check_records(str(model), renamed_class_records, 'validation')
 
 
 # ----------------------------------------------------------------------------
@@ -286,22 +287,22 @@ def test_missing_run_folder_is_named(saved_run, tmp_path, capsys, script):
     missing = tmp_path / 'no_such_run'
     assert run_script(script, f'--model_dir={missing}',
                       f'--records_dir={saved_run.records_dir}') == 1
-    assert error_lines(capsys) == [f'error: {missing}: no such run folder']
+    assert_one_error_naming(capsys, missing, 'no such run folder')
     assert not missing.exists()
 
 
 @pytest.mark.parametrize('script', ['evaluate', 'predict'])
 @pytest.mark.parametrize('model_flag, missing_file', [
-    ([], 'final.keras'), (['--model=best'], 'best.keras')])
+    ([], run_folder.FINAL_MODEL), (['--model=best'], run_folder.BEST_MODEL)])
 def test_missing_model_file_is_named(saved_run, tmp_path, capsys, script, model_flag,
                                      missing_file):
     run = tmp_path / 'unfinished_run'
     run.mkdir()
-    other = {'final.keras': 'best.keras', 'best.keras': 'final.keras'}[missing_file]
+    other = {MODEL_FILES[0]: MODEL_FILES[1], MODEL_FILES[1]: MODEL_FILES[0]}[missing_file]
     os.symlink(saved_run.path / other, run / other)
     assert run_script(script, f'--model_dir={run}', f'--records_dir={saved_run.records_dir}',
                       *model_flag) == 1
-    assert error_lines(capsys) == [f'error: {run} has no {missing_file}']
+    assert_one_error_naming(capsys, run, f'has no {missing_file}')
     assert sorted(os.listdir(run)) == [other]
 
 
@@ -309,7 +310,7 @@ def test_missing_model_path_is_named(saved_run, tmp_path, capsys):
     missing = tmp_path / 'nowhere.keras'
     assert run_script('evaluate', f'--model_dir={saved_run.path}',
                       f'--records_dir={saved_run.records_dir}', f'--model={missing}') == 1
-    assert error_lines(capsys) == [f'error: --model={missing}: no such model file']
+    assert_one_error_naming(capsys, f'--model={missing}', 'no such model file')
 
 
 # ----------------------------------------------------------------------------
@@ -386,11 +387,12 @@ def test_predict_classifies_own_images_and_names_the_unreadable(saved_run, own_i
     for row in failed:
         assert row['error'].startswith(reasons[os.path.basename(row['file'])]), row
         assert all(row[column] == '' for column in list(row)[1:-1])
-    check_classified_rows(saved_run, 'final.keras',
+    check_classified_rows(saved_run, run_folder.FINAL_MODEL,
                           [row for row in rows if row not in failed])
-    named = '; '.join(f'{row["file"]}: {row["error"]}' for row in failed)
-    assert [line for line in captured.err.splitlines() if line.startswith('error:')] == [
-        f'error: 3 of 7 images could not be read ({named}); their rows in {output} say why']
+    [error] = [line for line in captured.err.splitlines() if line.startswith('error:')]
+    for word in ('3 of 7 images could not be read', output, *(
+            f'{row["file"]}: {row["error"]}' for row in failed)):
+        assert str(word) in error, (word, error)
     assert set(listing(run)) - set(before) == {output.name}
     assert run_folder.is_run_file(output.name)  # A new run's --overwrite removes it.
     table = captured.out.splitlines()
@@ -413,7 +415,7 @@ def test_predict_images_by_glob_succeeds_with_the_named_model(saved_run, own_ima
     rows = read_csv_rows(output)
     assert [row['file'] for row in rows] == [str(folder / name) for name in
                                              ('deep.png', 'palette.png', 'tall.png')]
-    check_classified_rows(saved_run, 'best.keras', rows)
+    check_classified_rows(saved_run, run_folder.BEST_MODEL, rows)
 
 
 def test_a_glob_matching_nothing_is_refused_and_nothing_written(saved_run, own_images, capsys):
@@ -421,7 +423,7 @@ def test_a_glob_matching_nothing_is_refused_and_nothing_written(saved_run, own_i
     before = listing(saved_run.path)
     assert run_script('predict', f'--model_dir={saved_run.path}',
                       f'--images={folder}/*.png,{folder}/*.gif') == 1
-    assert error_lines(capsys) == [f'error: --images={folder}/*.gif: no file matches']
+    assert_one_error_naming(capsys, f'--images={folder}/*.gif', 'no file matches')
     assert listing(saved_run.path) == before
 
 
@@ -467,38 +469,39 @@ def _folder_without_images(folder):
     return folder / 'notes'
 
 
-BOMB = ('declares {size}, over the 100,000,000 read here: refused before decoding '
-        '(a decompression bomb?)')
+BOMB = ('over the 100,000,000 read here', 'decompression bomb')
 BAD_IMAGES = {
-    # name: (writes the file into a folder and returns what --images gets, the one line)
-    'text': (_write_bytes('notes.png', b'not an image\n'), '{path}: not a PNG or JPEG image'),
-    'empty': (_write_bytes('empty.jpg', b''), '{path}: an empty file'),
+    # name: (writes the file into a folder and returns what --images gets, what the one
+    # line names besides that path)
+    'text': (_write_bytes('notes.png', b'not an image\n'), ['not a PNG or JPEG image']),
+    'empty': (_write_bytes('empty.jpg', b''), ['an empty file']),
     'truncated_png': (_write_whole_and_cut('cut.png', 'PNG'),
-                      '{path}: unreadable image data (OSError: image file is truncated)'),
+                      ['unreadable image data', 'OSError', 'image file is truncated']),
     'truncated_jpeg': (_write_whole_and_cut('cut.jpg', 'JPEG'),
-                       '{path}: unreadable image data (OSError: Truncated File Read)'),
-    'corrupt_png': (_corrupt_png, '{path}: unreadable image data (OSError: '),
+                       ['unreadable image data', 'OSError', 'Truncated File Read']),
+    'corrupt_png': (_corrupt_png, ['unreadable image data', 'OSError']),
     # Past twice Pillow's limit Pillow refuses; past ours, but under that, we do.
     'bomb': (_write_bytes('bomb.png', png_declaring(50_000, 50_000)),
-             '{path}: ' + BOMB.format(size='2,500,000,000 pixels')),
+             ['declares 2,500,000,000 pixels', *BOMB]),
     'large': (_write_bytes('large.png', png_declaring(12_000, 9_000)),
-              '{path}: ' + BOMB.format(size='12,000 x 9,000 pixels')),
-    'missing': (lambda folder: folder / 'missing.png', '{path}: no such file'),
-    'no_images': (_folder_without_images, '--images={path}: a folder without PNG or JPEG files'),
-    'no_match': (lambda folder: folder / '*.gif', '--images={path}: no file matches'),
+              ['declares 12,000 x 9,000 pixels', *BOMB]),
+    'missing': (lambda folder: folder / 'missing.png', ['no such file']),
+    'no_images': (_folder_without_images, ['--images=', 'a folder without PNG or JPEG files']),
+    'no_match': (lambda folder: folder / '*.gif', ['--images=', 'no file matches']),
 }
 
 
 @pytest.mark.parametrize('case', BAD_IMAGES)
 def test_an_image_that_cannot_be_read_is_one_line_naming_it_and_nothing_is_written(
         saved_run, tmp_path, capsys, case):
-    write, message = BAD_IMAGES[case]
+    write, words = BAD_IMAGES[case]
     path = write(tmp_path)
     before = listing(saved_run.path)
     assert run_script('predict', f'--model_dir={saved_run.path}', f'--images={path}') == 1
     captured = capsys.readouterr()
     [error] = [line for line in captured.err.splitlines() if line.startswith('error:')]
-    assert error.startswith('error: ' + message.format(path=path)), error
+    for word in (path, *words):
+        assert str(word) in error, (word, error)
     assert 'Traceback' not in captured.err and captured.out == ''
     assert listing(saved_run.path) == before
 
@@ -508,8 +511,8 @@ def test_when_no_image_can_be_read_the_line_names_each(saved_run, tmp_path, caps
     before = listing(saved_run.path)
     assert run_script('predict', f'--model_dir={saved_run.path}',
                       f'--images={",".join(map(str, paths))}') == 1
-    assert error_lines(capsys) == [f'error: none of the 2 images could be read: {paths[0]}: not '
-                                   f'a PNG or JPEG image; {paths[1]}: an empty file']
+    assert_one_error_naming(capsys, 'none of the 2 images could be read', paths[0],
+                            'not a PNG or JPEG image', paths[1], 'an empty file')
     assert listing(saved_run.path) == before
 
 
@@ -563,5 +566,5 @@ def test_missing_and_broken_files_raise_one_line_naming_them(own_images):
     for name, reason in {**broken, 'missing.png': 'no such file'}.items():
         with pytest.raises(evaluate.UnreadableImageError) as raised:
             evaluate.load_image_for_model(str(folder / name))
-        assert str(raised.value).startswith(f'{folder / name}: {reason}')
+        assert str(folder / name) in str(raised.value) and reason in raised.value.reason
         assert '\n' not in str(raised.value)

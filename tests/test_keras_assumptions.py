@@ -1,6 +1,7 @@
 """The canary: what the trainer assumes of Keras, checked on the installed one.
 
-The trainer relies on a few Keras behaviours and one private attribute. A new
+The trainer relies on a few Keras behaviours (the distributed workarounds'
+canaries are in test_distributed.py). A new
 Keras could change them silently (a resumed run would then see other data,
 or several workers would fail); these tests name what broke, and the Keras
 versions the code was tested with (constraints.txt pins them).
@@ -11,8 +12,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cifar_tfrecord import callbacks
-from cifar_tfrecord import train
 
 TESTED = 'the code was tested with Keras 3.15 (constraints.txt)'
 
@@ -59,13 +58,6 @@ def test_fit_takes_steps_per_epoch_batches_an_epoch_from_one_iterator():
             f'fit drew the batches {drawn}: not one iterator across epochs')
 
 
-def test_a_private_attribute_the_multi_worker_workaround_sets():
-    model = _small_model()
-    _canary(hasattr(model, '_distribute_strategy'),
-            'Model._distribute_strategy is gone (train._prepare_for_several_workers sets it '
-            'to None so that fit does not reduce a batch over the workers)')
-
-
 def test_dropout_keeps_its_random_state_in_a_seed_generator():
     layer = keras.layers.Dropout(0.5)
     _canary(isinstance(getattr(layer, 'seed_generator', None), keras.random.SeedGenerator),
@@ -93,31 +85,3 @@ def test_weights_files_hold_the_optimizer_state_and_load_without_it(tmp_path):
     _canary(all(np.array_equal(a, b) for a, b in zip(uncompiled.get_weights(),
                                                       model.get_weights())),
             'load_weights into an uncompiled model no longer loads the weights')
-
-
-def test_replicas_keep_their_own_moving_statistics():
-    # callbacks.AverageMovingStatistics averages them: if Keras synchronized
-    # them itself, the averaging would only cost time; if it updated them in
-    # another way, it might be wrong.
-    strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
-    with strategy.scope():
-        model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(),
-                                  keras.layers.Dense(1)])
-        model.compile(optimizer='sgd', loss='mse')
-    model.fit(np.array([[0, 0, 0], [10, 20, 30]], np.float32), np.zeros((2, 1)), batch_size=2,
-              epochs=1, verbose=0, shuffle=False)
-    copies = strategy.experimental_local_results(
-        callbacks.batch_norm_layers(model)[0].moving_mean.value)
-    _canary(not np.array_equal(copies[0], copies[1]),
-            'BatchNormalization now synchronizes its moving statistics over the replicas')
-
-
-def test_multi_worker_reduce_of_scalars_is_what_the_workaround_expects():
-    # KerasMultiWorkerMirroredStrategy.reduce drops the axis of scalars that
-    # Keras asks to reduce along axis 0; that is only right for scalars.
-    strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
-    value = strategy.run(lambda: tf.constant(2.0))
-    _canary(float(strategy.reduce('MEAN', value, axis=None)) == 2.0,
-            'strategy.reduce of a scalar over the replicas changed')
-    _canary(hasattr(train.KerasMultiWorkerMirroredStrategy, 'reduce'),
-            'the multi-worker reduce override is gone')

@@ -132,5 +132,5 @@ def test_two_workers_killed_and_rerun_end_as_an_uninterrupted_job(sample_records
         'best.json', 'best.keras', 'config.json', 'final.keras', 'history.csv', 'logs',
         'metrics.json', 'predictions.npz', 'state.json']
     with open(model_dir / 'config.json') as file:
-        resolved = json.load(file)['resolved']
+        resolved = json.load(file)
     assert resolved['replicas'] == 2 and 'MultiWorkerMirroredStrategy' in resolved['strategy']

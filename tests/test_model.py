@@ -1,5 +1,5 @@
 """The model: preprocessing, BatchNorm modes, weights files, and the model files
-saved for inference (callbacks.save_model_atomically): Keras alone loads them,
+saved for inference (callbacks.save_inference_model): Keras alone loads them,
 and they hold no optimizer state.
 """
 
@@ -190,8 +190,8 @@ def inference_files(tmp_path_factory):
     best = model_lib.build_model('none', 64, preprocess=True, normalization='unit',
                                  upsample_method='repeat', head_units=8)
     paths = {name: str(folder / name) for name in ('final.keras', 'best.keras', 'compiled.keras')}
-    callbacks.save_model_atomically(final, paths['final.keras'])
-    callbacks.save_model_atomically(best, paths['best.keras'])
+    callbacks.save_inference_model(final, paths['final.keras'])
+    callbacks.save_inference_model(best, paths['best.keras'])
     final.save(paths['compiled.keras'])
     return types.SimpleNamespace(
         folder=folder, paths=paths, final=final,

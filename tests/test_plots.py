@@ -13,8 +13,10 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
+from cifar_tfrecord import files
 from cifar_tfrecord import plots
 from cifar_tfrecord import run_folder
+from cifar_tfrecord.config import InputConfig, TrainConfig
 from conftest import REPOSITORY, SCRIPTS, run_script
 
 CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
@@ -49,20 +51,21 @@ def phases_history(freeze_epochs: int, fine_tune_epochs: int) -> list[dict]:
 
 def write_history(folder, rows, columns=HISTORY_COLUMNS):
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / 'history.csv', 'w', newline='') as file:
+    with open(folder / run_folder.HISTORY, 'w', newline='') as file:
         writer = csv.DictWriter(file, columns, extrasaction='ignore')
         writer.writeheader()
         writer.writerows(rows)
     return folder
 
 
-def write_metrics(folder, seed=0, name='metrics.json', **fields):
+def write_metrics(folder, seed=0, name=run_folder.METRICS, **fields):
     """The trainer's metrics.json (or, by `name`, evaluate.py's); `fields` override."""
     random = np.random.default_rng(seed)
     # A mostly diagonal matrix, like a trained model's.
     counts = random.integers(0, 8, size=(10, 10)) + np.diag(random.integers(60, 100, size=10))
     per_class = np.diag(counts) / counts.sum(axis=1)
-    metrics = {'model': 'final.keras', 'split': 'validation', 'examples': int(counts.sum()),
+    metrics = {'model': run_folder.FINAL_MODEL, 'split': 'validation',
+               'examples': int(counts.sum()),
                'accuracy': float(np.trace(counts) / counts.sum()),
                'loss': 0.4, 'class_names': list(CLASS_NAMES),
                'per_class_accuracy': dict(zip(CLASS_NAMES, per_class.tolist())),
@@ -73,7 +76,16 @@ def write_metrics(folder, seed=0, name='metrics.json', **fields):
     return metrics
 
 
-def write_predictions(folder, seed=0, name='predictions.npz', **arrays):
+def write_run_config(folder, records_dir):
+    """config.json as the trainer writes it, of a run on `records_dir`."""
+    files.write_dataclass(str(folder / run_folder.CONFIG), run_folder.RunConfig(
+        config=TrainConfig(model_dir=str(folder), input=InputConfig(records_dir=records_dir)),
+        records=run_folder.TrainedOn('0' * 64, CLASS_NAMES, records_dir),
+        mixed_precision='float32', jit_compile=False, strategy='default', replicas=1,
+        versions={}, devices=(), command=(), recipe=run_folder.Recipe({}, ())))
+
+
+def write_predictions(folder, seed=0, name=run_folder.PREDICTIONS, **arrays):
     """The trainer's predictions.npz (or, by `name`, evaluate.py's); `arrays` override."""
     random = np.random.default_rng(seed)
     probabilities = random.dirichlet(np.full(10, 0.3), size=PREDICTION_COUNT)
@@ -81,7 +93,7 @@ def write_predictions(folder, seed=0, name='predictions.npz', **arrays):
                 'labels': random.integers(0, 10, PREDICTION_COUNT),
                 'probabilities': probabilities.astype(np.float32),
                 'class_names': np.array(CLASS_NAMES),
-                'model': np.array('final.keras'), 'split': np.array('validation')}
+                'model': np.array(run_folder.FINAL_MODEL), 'split': np.array('validation')}
     contents.update(arrays)
     np.savez(folder / name, **{key: value for key, value in contents.items() if value is not None})
 
@@ -113,12 +125,12 @@ def pngs_under(folder) -> list[str]:
     return sorted(str(path) for path in folder.rglob('*.png'))
 
 
-def metrics_of(run) -> dict | None:
-    return plots.load_metrics(str(run / 'metrics.json'))
+def metrics_of(run) -> run_folder.Metrics | None:
+    return plots.load_metrics(str(run / run_folder.METRICS))
 
 
 def predictions_of(run) -> dict | None:
-    return plots.load_predictions(str(run / 'predictions.npz'))
+    return plots.load_predictions(str(run / run_folder.PREDICTIONS))
 
 
 # ----------------------------------------------------------------------------
@@ -141,9 +153,9 @@ def test_every_figure_saves_as_a_png(finished_run, name):
     png_size(figure_png(FIGURE_MAKERS[name](finished_run)))
 
 
-def test_write_run_plots_writes_every_figure(finished_run, tmp_path):
+def test_write_plots_writes_every_figure_of_a_run(finished_run, tmp_path):
     output = tmp_path / 'figures'
-    paths = plots.write_run_plots(str(finished_run), str(output))
+    paths = plots.write_plots(str(finished_run), [], str(output))
     assert sorted(paths) == sorted(str(output / name) for name in RUN_FIGURES)
     assert pngs_under(output) == sorted(paths)
     for path in paths:
@@ -218,7 +230,8 @@ def test_run_in_progress_gets_its_curves_only(tmp_path, capsys):
     assert run_script('plot', f'--model_dir={run}') == 0
     assert {os.path.basename(path) for path in pngs_under(tmp_path)} == CURVE_FIGURES
     output = capsys.readouterr().out
-    assert 'no metrics.json yet' in output and 'no predictions.npz yet' in output
+    assert f'no {run_folder.METRICS} yet' in output
+    assert f'no {run_folder.PREDICTIONS} yet' in output
     assert str(run / 'loss.png') in output.splitlines()
 
 
@@ -226,9 +239,9 @@ def test_per_class_accuracy_has_a_bar_per_class_and_the_overall_line(finished_ru
     metrics = metrics_of(finished_run)
     axes = plots.plot_per_class_accuracy(metrics).axes[0]
     widths = [bar.get_width() for bar in axes.patches]
-    assert widths == pytest.approx([metrics['per_class_accuracy'][name] for name in CLASS_NAMES])
+    assert widths == pytest.approx([metrics.per_class_accuracy[name] for name in CLASS_NAMES])
     [overall] = [line for line in axes.get_lines() if line.get_label().startswith('overall')]
-    assert list(overall.get_xdata()) == pytest.approx([metrics['accuracy']] * 2)
+    assert list(overall.get_xdata()) == pytest.approx([metrics.accuracy] * 2)
     assert [label.get_text() for label in axes.get_yticklabels()] == list(CLASS_NAMES)
 
 
@@ -268,8 +281,8 @@ def evaluation_titles(figures: dict) -> dict[str, str]:
 
 def test_titles_name_the_model_and_split_of_the_trainer_files(tmp_path):
     run = write_history(tmp_path / 'run', phases_history(1, 1))
-    metrics = write_metrics(run, seed=3, model='final.keras', split='test')
-    write_predictions(run, seed=3, model=np.array('final.keras'), split=np.array('test'))
+    metrics = write_metrics(run, seed=3, split='test')
+    write_predictions(run, seed=3, split=np.array('test'))
     titles = evaluation_titles(plots.run_figures(str(run)))
     assert set(titles) == {'confusion_matrix.png', 'per_class_accuracy.png', 'samples.png'}
     images = np.asarray(metrics['confusion_matrix']).sum()
@@ -283,16 +296,6 @@ def test_title_counts_thousands_with_a_separator():
         'best.keras on validation, 5,000 images')
 
 
-def test_files_from_before_names_were_recorded_still_plot_and_say_so(tmp_path):
-    run = write_history(tmp_path / 'run', phases_history(1, 1))
-    write_metrics(run, model=None, split=None)
-    write_predictions(run, model=None, split=None)
-    titles = evaluation_titles(plots.run_figures(str(run)))
-    assert len(titles) == 3
-    for title in titles.values():
-        assert 'model not recorded on split not recorded' in title
-
-
 def write_evaluation(run, label, split, model_name, seed):
     """The metrics and predictions files scripts/evaluate.py writes."""
     write_metrics(run, seed, f'metrics-{label}-{split}.json', model=model_name, split=split)
@@ -303,9 +306,9 @@ def write_evaluation(run, label, split, model_name, seed):
 @pytest.fixture
 def evaluated_run(finished_run):
     """A finished run, with best.keras evaluated on the trainer's split and on train."""
-    write_evaluation(finished_run, 'best', 'validation', 'best.keras', seed=5)
-    write_evaluation(finished_run, 'best', 'train', 'best.keras', seed=6)
-    write_evaluation(finished_run, 'final', 'train', 'final.keras', seed=7)
+    write_evaluation(finished_run, 'best', 'validation', run_folder.BEST_MODEL, seed=5)
+    write_evaluation(finished_run, 'best', 'train', run_folder.BEST_MODEL, seed=6)
+    write_evaluation(finished_run, 'final', 'train', run_folder.FINAL_MODEL, seed=7)
     return finished_run
 
 
@@ -313,7 +316,7 @@ def evaluated_run(finished_run):
     ('best', None, '-best-validation', 'metrics-best-validation.json', 'best.keras on validation'),
     ('best', 'train', '-best-train', 'metrics-best-train.json', 'best.keras on train'),
     ('final', 'train', '-final-train', 'metrics-final-train.json', 'final.keras on train'),
-    ('final', 'validation', '', 'metrics.json', 'final.keras on validation'),
+    ('final', 'validation', '', run_folder.METRICS, 'final.keras on validation'),
 ])
 def test_model_and_split_choose_the_files_plotted(evaluated_run, model, split, suffix,
                                                   metrics_file, described):
@@ -350,19 +353,17 @@ def test_a_model_path_reads_the_files_named_after_it(finished_run, tmp_path):
 
 
 def test_unevaluated_model_names_the_evaluate_command(finished_run, capsys):
-    (finished_run / 'config.json').write_text(json.dumps(
-        {'config': {'input': {'records_dir': '/data/records'}}}))
+    write_run_config(finished_run, '/data/records')
     assert run_script('plot', f'--model_dir={finished_run}', '--model=best') == 1
     [error] = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
-    assert error == (
-        f'error: {finished_run / "metrics-best-validation.json"} not found: python '
-        f'scripts/evaluate.py --model_dir={finished_run} --model=best --split=validation '
-        '--records_dir=/data/records writes it')
+    assert f'{finished_run / "metrics-best-validation.json"} not found' in error
+    assert (f'python scripts/evaluate.py --model_dir={finished_run} --model=best '
+            '--split=validation --records_dir=/data/records') in error
     assert pngs_under(finished_run) == []
 
 
 def test_evaluation_without_its_predictions_names_the_missing_file(finished_run, capsys):
-    write_metrics(finished_run, name='metrics-best-validation.json', model='best.keras')
+    write_metrics(finished_run, name='metrics-best-validation.json', model=run_folder.BEST_MODEL)
     assert run_script('plot', f'--model_dir={finished_run}', '--model=best') == 1
     error = capsys.readouterr().err
     assert f'error: {finished_run / "predictions-best-validation.npz"} not found' in error
@@ -373,7 +374,7 @@ def test_evaluation_without_its_predictions_names_the_missing_file(finished_run,
 def test_another_model_of_a_run_in_progress_needs_a_split(tmp_path, capsys):
     run = write_history(tmp_path / 'run', phases_history(2, 0))
     assert run_script('plot', f'--model_dir={run}', '--model=best') == 1
-    assert 'no metrics.json yet' in capsys.readouterr().err
+    assert f'no {run_folder.METRICS} yet' in capsys.readouterr().err
     assert pngs_under(tmp_path) == []
 
 
@@ -468,7 +469,7 @@ def _no_history(run):
 
 def _empty_history(run):
     run.mkdir(parents=True)
-    (run / 'history.csv').write_bytes(b'')
+    (run / run_folder.HISTORY).write_bytes(b'')
 
 
 def _header_only_history(run):
@@ -482,20 +483,29 @@ def _history_missing_columns(run):
 def _malformed_metrics(run):
     write_history(run, phases_history(2, 0))
     write_predictions(run)
-    (run / 'metrics.json').write_text('{"accuracy": 0.9, "class_names": [')
+    (run / run_folder.METRICS).write_text('{"accuracy": 0.9, "class_names": [')
 
 
 def _metrics_missing_a_field(run):
     write_history(run, phases_history(2, 0))
+    write_metrics(run, confusion_matrix=None)
+
+
+def _metrics_without_its_model(run):
+    """As written before metrics recorded their model and split: refused."""
+    write_history(run, phases_history(2, 0))
+    write_metrics(run, model=None, split=None)
+
+
+def _predictions_without_their_model(run):
+    write_history(run, phases_history(2, 0))
     write_metrics(run)
-    metrics = json.loads((run / 'metrics.json').read_text())
-    del metrics['confusion_matrix']
-    (run / 'metrics.json').write_text(json.dumps(metrics))
+    write_predictions(run, model=None, split=None)
 
 
 def _unreadable_predictions(run):
     write_history(run, phases_history(2, 0))
-    (run / 'predictions.npz').write_bytes(b'not a zip archive')
+    (run / run_folder.PREDICTIONS).write_bytes(b'not a zip archive')
 
 
 def _non_number_in_history(run):
@@ -505,15 +515,18 @@ def _non_number_in_history(run):
 BAD_RUNS = {
     # name: (how to spoil the run folder, what stderr must name)
     'no_folder': (lambda run: None, ['run: no such run folder']),
-    'no_history': (_no_history, ['no history.csv in', 'has this run started?']),
-    'empty_history': (_empty_history, ['history.csv is empty']),
-    'header_only_history': (_header_only_history, ['history.csv has no epochs']),
+    'no_history': (_no_history, [f'no {run_folder.HISTORY} in', 'has this run started?']),
+    'empty_history': (_empty_history, [f'{run_folder.HISTORY} is empty']),
+    'header_only_history': (_header_only_history, [f'{run_folder.HISTORY} has no epochs']),
     'missing_columns': (_history_missing_columns, [
-        'history.csv lacks the columns val_loss, val_accuracy, learning_rate']),
-    'malformed_metrics': (_malformed_metrics, ['metrics.json is not valid JSON']),
-    'metrics_missing_field': (_metrics_missing_a_field, ['metrics.json lacks confusion_matrix']),
-    'unreadable_predictions': (_unreadable_predictions, ['predictions.npz']),
-    'non_number': (_non_number_in_history, ['history.csv line 2: loss=']),
+        run_folder.HISTORY, 'lacks the columns val_loss, val_accuracy, learning_rate']),
+    'malformed_metrics': (_malformed_metrics, [run_folder.METRICS, 'not valid JSON']),
+    'metrics_missing_field': (_metrics_missing_a_field, [run_folder.METRICS, 'confusion_matrix']),
+    'metrics_without_model': (_metrics_without_its_model, [run_folder.METRICS, 'model']),
+    'predictions_without_model': (_predictions_without_their_model,
+                                  [run_folder.PREDICTIONS, 'model, split']),
+    'unreadable_predictions': (_unreadable_predictions, [run_folder.PREDICTIONS]),
+    'non_number': (_non_number_in_history, [f'{run_folder.HISTORY} line 2: loss=']),
 }
 
 
@@ -573,6 +586,9 @@ class _MemoryGFile:
     def makedirs(self, path):
         pass
 
+    def rename(self, source, target, overwrite=False):
+        self.files[target] = self.files.pop(source)
+
     def GFile(self, path, mode):
         gfile = self
 
@@ -587,16 +603,17 @@ class _MemoryGFile:
 
 def test_remote_run_folders_go_through_gfile(finished_run, tmp_path, monkeypatch):
     gfile = _MemoryGFile()
-    for name in ('history.csv', 'metrics.json', 'predictions.npz'):
+    for name in (run_folder.HISTORY, run_folder.METRICS, run_folder.PREDICTIONS):
         gfile.files[f'ram://run/{name}'] = (finished_run / name).read_bytes()
-    gfile.files['ram://curves/history.csv'] = (finished_run / 'history.csv').read_bytes()
+    gfile.files[f'ram://curves/{run_folder.HISTORY}'] = (
+        finished_run / run_folder.HISTORY).read_bytes()
     fake_tensorflow = types.SimpleNamespace(io=types.SimpleNamespace(gfile=gfile))
     monkeypatch.setitem(sys.modules, 'tensorflow', fake_tensorflow)
     assert plots.load_metrics('ram://run/metrics.json') == metrics_of(finished_run)
     assert plots.load_predictions('ram://run/predictions.npz')['labels'].tolist() == (
         predictions_of(finished_run)['labels'].tolist())
     # Curves only: drawing every figure again would only slow the test down.
-    paths = plots.write_run_plots('ram://curves')
+    paths = plots.write_plots('ram://curves', [])
     assert sorted(paths) == sorted(f'ram://curves/{name}' for name in CURVE_FIGURES)
     for path in paths:
         png_size(gfile.files[path])

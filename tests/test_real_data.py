@@ -20,7 +20,8 @@ from cifar_tfrecord import records
 from conftest import SHARED_DATA, run_script
 
 ZIP_PATH = os.path.join(SHARED_DATA, 'cifar-10.zip')
-pytestmark = pytest.mark.skipif(not os.path.exists(ZIP_PATH), reason='no real CIFAR-10 here')
+pytestmark = [pytest.mark.skipif(not os.path.exists(ZIP_PATH), reason='no real CIFAR-10 here'),
+              pytest.mark.slow]
 
 
 def _pngs(archive: zipfile.ZipFile, name: str) -> dict[str, bytes]:

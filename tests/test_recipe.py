@@ -24,11 +24,16 @@ import pytest
 import tensorflow as tf
 
 from cifar_tfrecord import config as config_lib
+from cifar_tfrecord import distributed
 from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import pipeline
+from cifar_tfrecord import run_folder
 from cifar_tfrecord import train
 from cifar_tfrecord.config import InputConfig, TrainConfig
 from conftest import run_script, use_new_collective_keys
+
+# Trains the real model through each recipe choice: the full suite only.
+pytestmark = pytest.mark.slow
 
 BATCH_SIZE = 8
 IMAGES = np.random.default_rng(0).integers(0, 256, (BATCH_SIZE, 32, 32, 3), dtype=np.uint8)
@@ -84,10 +89,10 @@ def _replica_values(strategy: tf.distribute.Strategy, variable: keras.Variable) 
 
 # Collective keys of this file's strategies, apart from any other strategy's.
 def _mirrored_strategy() -> tf.distribute.Strategy:
-    """train.make_strategy('mirrored'), its collective operations keyed apart
+    """distributed.make_strategy('mirrored'), its collective operations keyed apart
     from any strategy before it in this process (see conftest)."""
     use_new_collective_keys()
-    return train.make_strategy('mirrored')
+    return distributed.make_strategy('mirrored')
 
 
 def _predict(model: keras.Model) -> np.ndarray:
@@ -196,7 +201,9 @@ def _run_phase(model: keras.Model, config: TrainConfig, phase: str,
     """One phase of one step an epoch, as train.train runs it, into config.model_dir."""
     first_epoch, _ = train.phase_epochs(config, phase)
     train.run_phase(model, config, phase, strategy, first_epoch, steps_per_epoch=1,
-                    output_dir=config.model_dir, restore=None, service_job=None)
+                    output=run_folder.RunFolder(config.model_dir), restore=None,
+                    service_job=None, estimate=None,
+                    jit_compile=train.resolve_jit_compile(config.jit_compile))
 
 
 @pytest.fixture(scope='module')
@@ -218,7 +225,7 @@ def test_every_optimizer_trains_a_phase_with_decoupled_weight_decay(
                          optimizer=name, weight_decay=weight_decay, freeze_epochs=1,
                          fine_tune_epochs=0)
         model.set_weights(initial)
-        _run_phase(model, config, 'freeze', train.make_strategy('default'))
+        _run_phase(model, config, 'freeze', distributed.make_strategy('default'))
         trained[weight_decay] = _values(model.trainable_weights)
     model.set_weights(initial)
     start = _values(model.weights)
@@ -258,7 +265,7 @@ def _comparable_model(config: TrainConfig, strategy: tf.distribute.Strategy) -> 
 
 def _train_both_phases(config: TrainConfig, strategy_name: str) -> list[dict[str, np.ndarray]]:
     """The weights before and after each phase; every replica must hold the same."""
-    strategy = _mirrored_strategy() if strategy_name == 'mirrored' else train.make_strategy(
+    strategy = _mirrored_strategy() if strategy_name == 'mirrored' else distributed.make_strategy(
         strategy_name)
     model = _comparable_model(config, strategy)
     weights = [_values(model.weights)]

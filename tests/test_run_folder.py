@@ -7,13 +7,14 @@ import os
 import shutil
 
 import pytest
+import tensorflow as tf
 
 from cifar_tfrecord import run_folder
 from conftest import SMALL_TRAINING, run_script
 
 
 @pytest.mark.parametrize('name, is_run_file', [
-    ('history.csv', True), ('backup/', True), ('metrics-best-validation.json', True),
+    (run_folder.HISTORY, True), (run_folder.BACKUP, True), ('metrics-best-validation.json', True),
     ('predictions-final-test.npz', True), ('submission-final.csv', True), ('.worker-1', True),
     ('notes.txt', False), ('metrics.txt', False), ('my_model.keras', False)])
 def test_run_folder_knows_which_files_are_a_runs(name, is_run_file):
@@ -114,7 +115,7 @@ def _half(text):
 
 def _cut_model(run):
     """final.keras cut in half: a new file, the hard link to the fixture's removed first."""
-    path = run / 'final.keras'
+    path = run / run_folder.FINAL_MODEL
     data = path.read_bytes()
     path.unlink()
     path.write_bytes(data[:len(data) // 2])
@@ -122,69 +123,69 @@ def _cut_model(run):
 
 def _damaged_backup(run):
     """An unfinished run whose state.json names a backup of garbage bytes."""
-    (run / 'backup').mkdir()
-    (run / 'backup' / 'epoch-0002.weights.h5').write_bytes(b'\x89HDF\r\n\x1a\n' + b'?' * 64)
-    state = json.loads((run / 'state.json').read_text())
-    state.update(finished=False, backup='backup/epoch-0002.weights.h5')
-    (run / 'state.json').write_text(json.dumps(state))
+    (run / run_folder.BACKUP).mkdir()
+    backup = f'{run_folder.BACKUP}/epoch-0002.weights.h5'
+    (run / backup).write_bytes(b'\x89HDF\r\n\x1a\n' + b'?' * 64)
+    state = json.loads((run / run_folder.STATE).read_text())
+    state.update(finished=False, backup=backup)
+    (run / run_folder.STATE).write_text(json.dumps(state))
 
 
 PLOT, RESUME, EVALUATE, PREDICT = 'plot', 'resume', 'evaluate', 'predict'
-STATE_SAYS_DONE = ', which {run}/state.json says is done'
-CONFIG_KEYS = 'the keys there are '  # The start of the list of a dataclass's fields.
+READERS_OF_CONFIG = (RESUME, EVALUATE, PREDICT)
+HISTORY, CONFIG, STATE = run_folder.HISTORY, run_folder.CONFIG, run_folder.STATE
+BEST, METRICS = run_folder.BEST_RECORD, run_folder.METRICS
+NOT_JSON = 'not valid JSON'
 BAD_RUN_FILES = {
-    # name: (file, spoiling, {script: what the line says after the file's path})
-    'history_cut_mid_row': ('history.csv', _rewrite('history.csv', _cut_mid_row), {
-        PLOT: ' line 3: 5 values for 9 columns', RESUME: ' line 3: 5 values for 9 columns'}),
-    'history_empty': ('history.csv', _write_bytes('history.csv', b''), {
-        PLOT: ' is empty, without even its header', RESUME: ' is empty, without even its header'}),
-    'history_header_only': ('history.csv', _rewrite('history.csv', lambda text: text.split(
-        '\n')[0] + '\n'), {PLOT: ' has no epochs yet: has this run finished an epoch?',
-                           RESUME: ' has no row for epoch 1' + STATE_SAYS_DONE}),
-    'history_non_number': ('history.csv', _rewrite('history.csv', _non_number), {
-        PLOT: " line 2: loss='low' is not a number",
-        RESUME: " line 2: loss='low' is not a number"}),
-    'config_truncated': ('config.json', _rewrite('config.json', _half), {
-        RESUME: ' is not valid JSON: ', EVALUATE: ' is not valid JSON: ',
-        PREDICT: ' is not valid JSON: '}),
-    'config_not_text': ('config.json', _write_bytes('config.json', b'{"config": "\xff\xfe"}'), {
-        RESUME: ' is not UTF-8 text: ', EVALUATE: ' is not UTF-8 text: ',
-        PREDICT: ' is not UTF-8 text: '}),
-    'config_missing_key': ('config.json', _edit_json('config.json', lambda saved: saved.pop(
-        'config')), {RESUME: ': lacks the key config', EVALUATE: ': lacks the key config',
-                     PREDICT: ': lacks the key config'}),
-    'config_wrong_type': ('config.json', _edit_json('config.json', lambda saved: saved[
-        'config']['input'].update(image_size='32')), {
-        key: ': config.input.image_size must be a whole number, not "32"'
-        for key in (RESUME, EVALUATE, PREDICT)}),
-    'config_unknown_key': ('config.json', _edit_json('config.json', lambda saved: saved[
-        'config']['input'].update(colour='red')), {
-        key: ': has an unknown key config.input.colour (' + CONFIG_KEYS
-        for key in (RESUME, EVALUATE, PREDICT)}),
-    'config_bad_value': ('config.json', _edit_json('config.json', lambda saved: saved[
-        'config']['input'].update(normalization='zscore')), {
-        key: ': config holds --normalization=zscore: use caffe or unit'
-        for key in (RESUME, EVALUATE, PREDICT)}),
-    'config_records_fingerprint': ('config.json', _edit_json(
-        'config.json', lambda saved: saved['records'].update(fingerprint=12)), {
-        key: ': records.fingerprint must be a string, not 12' for key in (RESUME, EVALUATE,
-                                                                          PREDICT)}),
-    'state_truncated': ('state.json', _rewrite('state.json', _half), {
-        RESUME: ' is not valid JSON: '}),
-    'state_missing_key': ('state.json', _edit_json('state.json', lambda state: state.pop(
-        'finished')), {RESUME: ': lacks the key finished'}),
-    'state_wrong_type': ('state.json', _edit_json('state.json', lambda state: state.update(
-        epochs_done='2')), {RESUME: ': epochs_done must be a whole number, not "2"'}),
-    'best_truncated': ('best.json', _rewrite('best.json', _half), {
-        RESUME: ' is not valid JSON: '}),
-    'metrics_truncated': ('metrics.json', _rewrite('metrics.json', _half), {
-        PLOT: ' is not valid JSON: ', RESUME: ' is not valid JSON: '}),  # Then how to go on.
-    'metrics_missing_key': ('metrics.json', _edit_json('metrics.json', lambda metrics: metrics.pop(
-        'accuracy')), {PLOT: ' lacks accuracy', RESUME: ': lacks the key accuracy'}),
-    'backup_damaged': ('backup/epoch-0002.weights.h5', _damaged_backup, {
-        RESUME: " cannot be read as this run's weights ("}),
-    'model_cut': ('final.keras', _cut_model, {
-        script: ' is not a readable Keras model: not a whole zip archive (truncated or damaged)'
+    # name: (file, spoiling, {script: key words of the line after the file's path})
+    'history_cut_mid_row': (HISTORY, _rewrite(HISTORY, _cut_mid_row), {
+        PLOT: ['line 3', '5 values for 9 columns'], RESUME: ['line 3', '5 values']}),
+    'history_empty': (HISTORY, _write_bytes(HISTORY, b''), {
+        PLOT: ['empty'], RESUME: ['empty']}),
+    'history_header_only': (HISTORY, _rewrite(HISTORY, lambda text: text.split('\n')[0] + '\n'), {
+        PLOT: ['no epochs yet'], RESUME: ['no row for epoch 1', STATE]}),
+    'history_non_number': (HISTORY, _rewrite(HISTORY, _non_number), {
+        PLOT: ['line 2', "loss='low'", 'not a number'], RESUME: ['line 2', "loss='low'"]}),
+    'config_truncated': (CONFIG, _rewrite(CONFIG, _half), {
+        script: [NOT_JSON] for script in READERS_OF_CONFIG}),
+    'config_not_text': (CONFIG, _write_bytes(CONFIG, b'{"config": "\xff\xfe"}'), {
+        script: ['not UTF-8'] for script in READERS_OF_CONFIG}),
+    'config_missing_key': (CONFIG, _edit_json(CONFIG, lambda saved: saved.pop('config')), {
+        script: ['lacks the key config'] for script in READERS_OF_CONFIG}),
+    # A key of a flag missing: not filled in from today's default.
+    'config_missing_flag': (CONFIG, _edit_json(CONFIG, lambda saved: saved['config'][
+        'input'].pop('image_size')), {
+        script: ['lacks the key config.input.image_size'] for script in READERS_OF_CONFIG}),
+    'config_missing_resolved': (CONFIG, _edit_json(CONFIG, lambda saved: saved.pop(
+        'mixed_precision')), {script: ['lacks the key mixed_precision']
+                              for script in READERS_OF_CONFIG}),
+    'config_wrong_type': (CONFIG, _edit_json(CONFIG, lambda saved: saved['config'][
+        'input'].update(image_size='32')), {
+        script: ['config.input.image_size', 'whole number', '"32"']
+        for script in READERS_OF_CONFIG}),
+    'config_unknown_key': (CONFIG, _edit_json(CONFIG, lambda saved: saved['config'][
+        'input'].update(colour='red')), {
+        script: ['unknown key config.input.colour'] for script in READERS_OF_CONFIG}),
+    'config_bad_value': (CONFIG, _edit_json(CONFIG, lambda saved: saved['config'][
+        'input'].update(normalization='zscore')), {
+        script: ['--normalization=zscore'] for script in READERS_OF_CONFIG}),
+    'config_records_fingerprint': (CONFIG, _edit_json(CONFIG, lambda saved: saved[
+        'records'].update(fingerprint=12)), {
+        script: ['records.fingerprint', 'a string', '12'] for script in READERS_OF_CONFIG}),
+    'state_truncated': (STATE, _rewrite(STATE, _half), {RESUME: [NOT_JSON]}),
+    'state_missing_key': (STATE, _edit_json(STATE, lambda state: state.pop('finished')), {
+        RESUME: ['lacks the key finished']}),
+    'state_wrong_type': (STATE, _edit_json(STATE, lambda state: state.update(
+        epochs_done='2')), {RESUME: ['epochs_done', 'whole number', '"2"']}),
+    'best_truncated': (BEST, _rewrite(BEST, _half), {RESUME: [NOT_JSON]}),
+    'metrics_truncated': (METRICS, _rewrite(METRICS, _half), {
+        PLOT: [NOT_JSON], RESUME: [NOT_JSON]}),
+    'metrics_missing_key': (METRICS, _edit_json(METRICS, lambda metrics: metrics.pop(
+        'accuracy')), {PLOT: ['lacks the key accuracy'], RESUME: ['lacks the key accuracy']}),
+    'backup_damaged': (f'{run_folder.BACKUP}/epoch-0002.weights.h5', _damaged_backup, {
+        RESUME: ["cannot be read as this run's weights"]}),
+    'model_cut': (run_folder.FINAL_MODEL, _cut_model, {
+        script: ['not a readable Keras model', 'truncated or damaged']
         for script in (EVALUATE, PREDICT)}),
 }
 CASES = [(case, script) for case, (_, _, messages) in BAD_RUN_FILES.items()
@@ -200,6 +201,7 @@ def run_reader(script, run, records_dir) -> int:
     return run_script(script, f'--model_dir={run}', f'--records_dir={records_dir}')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case, script', CASES)
 def test_a_damaged_run_file_is_one_line_naming_it_and_nothing_changes(
         finished_run, sample_records, tmp_path, capsys, case, script):
@@ -210,12 +212,14 @@ def test_a_damaged_run_file_is_one_line_naming_it_and_nothing_changes(
     assert run_reader(script, run, sample_records) == 1
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith('error:')]
-    expected = f'error: {run / name}' + messages[script].format(run=run)
-    assert len(errors) == 1 and errors[0].startswith(expected), errors
+    assert len(errors) == 1 and errors[0].startswith(f'error: {run / name}'), errors
+    for words in messages[script]:
+        assert words in errors[0], errors
     assert 'Traceback' not in captured.err
     assert listing(run) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('script', [PLOT, RESUME])
 def test_the_whole_run_is_read_and_left_as_it_was(finished_run, sample_records, tmp_path,
                                                   script):
@@ -230,15 +234,53 @@ def test_the_whole_run_is_read_and_left_as_it_was(finished_run, sample_records, 
     assert all(name.endswith('.png') for name in set(after) - set(before))
 
 
+@pytest.mark.slow
 def test_a_run_without_its_config_is_not_started_over(finished_run, sample_records, tmp_path,
                                                       capsys):
     run = copy_run(finished_run, tmp_path / 'run')
-    (run / 'config.json').unlink()
+    (run / CONFIG).unlink()
     before = listing(run)
     assert run_reader(RESUME, run, sample_records) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
-    assert errors == [
-        f'error: {run / "config.json"} is missing, yet {run} holds a run (state.json, '
-        'history.csv, best.keras, final.keras): pass --overwrite to start afresh, or choose '
-        'another --model_dir']
+    assert len(errors) == 1 and errors[0].startswith(f'error: {run / CONFIG} is missing'), errors
+    for name in (STATE, HISTORY, run_folder.FINAL_MODEL, '--overwrite'):
+        assert name in errors[0]
     assert listing(run) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('saved, key_words', [
+    # What `auto` resolved to on the machine that trained: another machine's
+    # `auto` would resolve otherwise, and is refused, not followed.
+    (dict(mixed_precision='mixed_float16'), ['--mixed_precision=float32', 'resolves to float32',
+                                             'mixed_float16']),
+    (dict(jit_compile=True), ['--jit_compile', 'resolves to False', 'True']),
+])
+def test_a_resume_that_resolves_a_setting_otherwise_is_refused(
+        finished_run, sample_records, tmp_path, capsys, saved, key_words):
+    run = copy_run(finished_run, tmp_path / 'run')
+    _edit_json(CONFIG, lambda config: config.update(saved))(run)
+    state = json.loads((run / STATE).read_text())
+    (run / STATE).write_text(json.dumps({**state, 'finished': False}))
+    before = listing(run)
+    assert run_reader(RESUME, run, sample_records) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and 'other settings' in errors[0], errors
+    for words in key_words:
+        assert words in errors[0], errors
+    assert listing(run) == before
+
+
+@pytest.mark.slow
+def test_a_finished_run_given_export_saved_model_later_exports_it(finished_run, sample_records,
+                                                                  tmp_path):
+    run = copy_run(finished_run, tmp_path / 'run')
+    before = listing(run)
+    assert not (run / run_folder.SAVED_MODEL).exists()
+    assert run_script('train', f'--records_dir={sample_records}', f'--model_dir={run}',
+                      *RUN_FLAGS, '--export_saved_model') == 0
+    after = listing(run)
+    assert {name: after[name] for name in before} == before
+    assert {name.split('/')[0] for name in set(after) - set(before)} == {run_folder.SAVED_MODEL}
+    exported = tf.saved_model.load(str(run / run_folder.SAVED_MODEL))
+    assert exported.serve(tf.zeros((1, 32, 32, 3), tf.uint8)).shape == (1, 10)

@@ -36,7 +36,7 @@ def test_zip_7z_folder_and_extracted_pngs_give_the_same_examples(tmp_path, kaggl
     expected_test = {image_id: (png, records.UNKNOWN_LABEL) for image_id, png in test.items()}
     for path in (kaggle_zip, kaggle_zip / 'cifar-10.zip', tmp_path / 'sevenzip', extracted):
         layout = sources.KaggleLayout(str(path))
-        assert layout.sets() == ('train', 'test')
+        assert layout.sets == ('train', 'test')
         for kaggle_set, expected in (('train', expected_train), ('test', expected_test)):
             assert _examples(layout, kaggle_set) == expected
 

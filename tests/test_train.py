@@ -7,6 +7,7 @@ tests/test_train_resume.py, that a killed run resumes exactly.)
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import keras
@@ -18,6 +19,7 @@ from cifar_tfrecord import config as config_lib
 from cifar_tfrecord import convert
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
+from cifar_tfrecord import run_folder
 from cifar_tfrecord import train
 from cifar_tfrecord.config import ConvertConfig, InputConfig, TrainConfig
 from cifar_tfrecord.errors import UserInputError
@@ -28,6 +30,7 @@ from conftest import SMALL_TRAINING, read_history, run_script
 # Remote storage: TensorFlow's in-memory file system stands in for gs://.
 
 
+@pytest.mark.slow
 def test_convert_train_and_plot_on_a_remote_file_system(tmp_path, monkeypatch):
     # ram:// lives in this process: every step runs here, not as a command.
     root = f'ram://{tmp_path.name}'
@@ -40,12 +43,13 @@ def test_convert_train_and_plot_on_a_remote_file_system(tmp_path, monkeypatch):
                       *SMALL_TRAINING, '--freeze_epochs=1', '--fine_tune_epochs=1',
                       '--steps_per_epoch=2', '--mixed_precision=float32') == 0
     # --weights=none: the freeze phase is skipped, one epoch from scratch.
-    with tf.io.gfile.GFile(f'{root}/run/history.csv') as file:
+    with tf.io.gfile.GFile(f'{root}/run/{run_folder.HISTORY}') as file:
         assert [line.split(',')[:2] for line in file.read().splitlines()[1:]] == [
             ['1', 'fine_tune']]
-    assert sorted(tf.io.gfile.listdir(f'{root}/run')) == [
-        'best.json', 'best.keras', 'config.json', 'final.keras', 'history.csv', 'logs',
-        'metrics.json', 'predictions.npz', 'saved_model', 'state.json']
+    assert sorted(tf.io.gfile.listdir(f'{root}/run')) == sorted([
+        run_folder.BEST_RECORD, run_folder.BEST_MODEL, run_folder.CONFIG, run_folder.FINAL_MODEL,
+        run_folder.HISTORY, run_folder.LOGS, run_folder.METRICS, run_folder.PREDICTIONS,
+        run_folder.SAVED_MODEL, run_folder.STATE])
     assert run_script('plot', f'--model_dir={root}/run', f'--output_dir={root}/plots') == 0
     figures = sorted(tf.io.gfile.listdir(f'{root}/plots'))
     assert figures == ['accuracy.png', 'confusion_matrix.png', 'learning_rate.png', 'loss.png',
@@ -53,7 +57,7 @@ def test_convert_train_and_plot_on_a_remote_file_system(tmp_path, monkeypatch):
     for name in figures:
         with tf.io.gfile.GFile(f'{root}/plots/{name}', 'rb') as file:
             assert file.read(8) == records.PNG_SIGNATURE
-    exported = tf.saved_model.load(f'{root}/run/saved_model')
+    exported = tf.saved_model.load(f'{root}/run/{run_folder.SAVED_MODEL}')
     images = np.zeros((2, 32, 32, 3), np.uint8)
     assert exported.serve(tf.constant(images)).shape == (2, 10)
     assert os.listdir(tmp_path) == []
@@ -111,16 +115,21 @@ def test_weight_decay_means_what_it_says_for_every_optimizer(name):
 
 
 def _fake_run_folder(model_dir, records_dir, **flags):
-    """A run folder as the trainer leaves it after config.json, for resume checks."""
+    """A run folder as the trainer leaves it after its first epoch, for resume checks."""
     manifest = records.load_manifest(records_dir)
     config = TrainConfig(input=InputConfig(records_dir=records_dir, image_size=32,
                                            batch_size=8), weights='none', **flags)
-    model_dir.mkdir()
-    (model_dir / 'config.json').write_text(json.dumps({
-        'config': dataclasses.asdict(config),
-        'records': {'fingerprint': manifest.fingerprint()}}))
-    (model_dir / 'history.csv').write_text('epoch,phase\n1,freeze\n')
+    run = run_folder.RunFolder(str(model_dir))
+    run.prepare(start_afresh=False)
+    run.write_config(train.run_config(config, manifest, 'float32', False,
+                                      tf.distribute.get_strategy(), ('train.py',)))
+    (model_dir / run_folder.HISTORY).write_text('epoch,phase\n1,freeze\n')
     return {path.name: path.read_bytes() for path in model_dir.iterdir()}
+
+
+def _resume(config, records_dir):
+    return run_folder.RunFolder(config.model_dir).resume(
+        config, 'float32', False, records.load_manifest(records_dir).fingerprint())
 
 
 def test_a_resume_with_changed_flags_is_refused_and_nothing_changes(sample_records, tmp_path,
@@ -129,9 +138,10 @@ def test_a_resume_with_changed_flags_is_refused_and_nothing_changes(sample_recor
     before = _fake_run_folder(model_dir, sample_records, freeze_epochs=1, fine_tune_epochs=2)
     assert run_script('train', f'--records_dir={sample_records}', f'--model_dir={model_dir}',
                       '--weights=none', '--image_size=32', '--batch_size=16',
-                      '--freeze_epochs=1', '--fine_tune_epochs=3', '--seed=2') == 1
+                      '--freeze_epochs=1', '--fine_tune_epochs=3', '--seed=2',
+                      '--mixed_precision=float32') == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith(f'error: {model_dir} holds a run with other flags: ')
+    assert error.startswith(f'error: {model_dir} holds a run with other settings: ')
     for change in ('--batch_size=16 (the run has 8)', '--fine_tune_epochs=3 (the run has 2)',
                    '--seed=2 (the run has 0)'):
         assert change in error
@@ -148,16 +158,48 @@ def test_a_resume_on_other_records_is_refused_and_a_copy_accepted(sample_records
                                            cache=str(tmp_path / 'cache')),
                          weights='none', model_dir=str(model_dir))
     # Another path to the same records, another cache: both leave the result alone.
-    assert train.resume_state(config, records.load_manifest(str(copy))).epochs_done == 0
+    assert _resume(config, str(copy)).epochs_done == 0
     other = tmp_path / 'other'
     convert.convert(ConvertConfig(source='sample', output_dir=str(other), seed=5,
                                   sample_images_per_class=8, sample_test_images=12,
                                   num_shards=4, validation_fraction=0.25))
     with pytest.raises(UserInputError, match=f'--records_dir={other} holds other records'):
-        train.resume_state(dataclasses.replace(config, input=dataclasses.replace(
-            config.input, records_dir=str(other))), records.load_manifest(str(other)))
+        _resume(dataclasses.replace(config, input=dataclasses.replace(
+            config.input, records_dir=str(other))), str(other))
 
 
+def test_a_resume_refuses_a_config_json_missing_a_key(sample_records, tmp_path):
+    model_dir = tmp_path / 'run'
+    _fake_run_folder(model_dir, sample_records)
+    saved = json.loads((model_dir / run_folder.CONFIG).read_text())
+    del saved['config']['input']['augment']  # Not to be filled in from today's default.
+    (model_dir / run_folder.CONFIG).write_text(json.dumps(saved))
+    config = TrainConfig(input=InputConfig(records_dir=sample_records, image_size=32,
+                                           batch_size=8), weights='none',
+                         model_dir=str(model_dir))
+    with pytest.raises(UserInputError, match='lacks the key config.input.augment'):
+        _resume(config, sample_records)
+
+
+@pytest.mark.parametrize('precision, jit_compile, refused', [
+    ('mixed_bfloat16', False, '--mixed_precision=auto resolves to mixed_bfloat16 here'),
+    ('float32', True, '--jit_compile=auto resolves to True here'),
+])
+def test_a_resume_refuses_auto_resolving_otherwise(sample_records, tmp_path, precision,
+                                                   jit_compile, refused):
+    model_dir = tmp_path / 'run'
+    _fake_run_folder(model_dir, sample_records)  # Trained in float32, without XLA.
+    config = TrainConfig(input=InputConfig(records_dir=sample_records, image_size=32,
+                                           batch_size=8), weights='none',
+                         model_dir=str(model_dir))
+    fingerprint = records.load_manifest(sample_records).fingerprint()
+    assert run_folder.RunFolder(str(model_dir)).resume(
+        config, 'float32', False, fingerprint).epochs_done == 0
+    with pytest.raises(UserInputError, match=re.escape(refused)):
+        run_folder.RunFolder(str(model_dir)).resume(config, precision, jit_compile, fingerprint)
+
+
+@pytest.mark.slow
 def test_overwrite_starts_afresh_and_keeps_files_that_are_not_the_runs(sample_records, tmp_path):
     model_dir = tmp_path / 'run'
     _fake_run_folder(model_dir, sample_records, freeze_epochs=3)
@@ -172,7 +214,7 @@ def test_overwrite_starts_afresh_and_keeps_files_that_are_not_the_runs(sample_re
     assert [row['epoch'] for row in read_history(model_dir)] == ['1']
     assert not (model_dir / 'metrics-best-validation.json').exists()
     assert (model_dir / 'notes.txt').read_text() == 'mine'
-    saved = json.loads((model_dir / 'config.json').read_text())
+    saved = json.loads((model_dir / run_folder.CONFIG).read_text())
     assert saved['config']['freeze_epochs'] == 0 and saved['config']['overwrite'] is True
     # The recipe file, its text, and the flags given after it, which won.
     assert saved['recipe']['flagfiles'] == {str(recipe): recipe.read_text()}

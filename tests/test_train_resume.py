@@ -27,6 +27,9 @@ from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import run_folder
 from conftest import REPOSITORY, SMALL_TRAINING, read_history
 
+# Kill-and-rerun runs of the trainer: the full suite only.
+pytestmark = pytest.mark.slow
+
 _LOSS_COLUMNS = ('epoch', 'phase', 'loss', 'accuracy', 'val_loss', 'val_accuracy')
 
 
@@ -68,7 +71,7 @@ def _completed(model_dir, flags):
 
 def _weights(model_dir):
     model = keras.saving.load_model(
-        run_folder.path(str(model_dir), run_folder.FINAL_MODEL), safe_mode=True, compile=False)
+        str(model_dir / run_folder.FINAL_MODEL), safe_mode=True, compile=False)
     return model.get_weights()
 
 

@@ -10,7 +10,9 @@ one training run goes to a test process of its own (pytest-xdist runs whole
 files). tests/test_model.py covers Keras 3's .weights.h5 files.
 """
 
+import json
 import os
+import re
 
 import h5py
 import keras
@@ -20,7 +22,7 @@ import pytest
 from cifar_tfrecord import model as model_lib
 from cifar_tfrecord import run_folder
 from cifar_tfrecord.errors import UserInputError
-from conftest import SMALL_TRAINING, run_script
+from conftest import SMALL_TRAINING, read_history, run_script
 
 IMAGES = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
 TARGETS = np.eye(10, dtype=np.float32)[[5, 6, 7, 8]]
@@ -148,6 +150,7 @@ def test_frozen_then_fine_tuned_backbone_keeps_the_files_batch_norm(keras2_file,
     _assert_values_equal(tuned, expected, [name for name in expected if _is_statistic(name)])
 
 
+@pytest.mark.slow
 def test_trainer_fine_tunes_from_the_file(sample_records, keras2_file, noisy_layers, tmp_path):
     model_dir = tmp_path / 'run'
     # The last --weights wins over SMALL_TRAINING's.
@@ -155,10 +158,36 @@ def test_trainer_fine_tunes_from_the_file(sample_records, keras2_file, noisy_lay
                       *SMALL_TRAINING, f'--weights={keras2_file}', '--freeze_epochs=1',
                       '--fine_tune_epochs=1', '--steps_per_epoch=1',
                       '--mixed_precision=float32', '--noexport_saved_model') == 0
-    final = keras.saving.load_model(run_folder.path(str(model_dir), run_folder.FINAL_MODEL))
+    final = keras.saving.load_model(str(model_dir / run_folder.FINAL_MODEL))
     tuned, expected = _backbone_values(final), _file_values(noisy_layers)
     _assert_values_equal(tuned, expected, [name for name in expected if _is_statistic(name)])
     assert not np.array_equal(tuned['conv1_conv/kernel'], expected['conv1_conv/kernel'])
+
+
+@pytest.mark.slow
+def test_a_diverged_fine_tuning_fails_keeping_the_frozen_epoch(sample_records, keras2_file,
+                                                                 tmp_path, capsys):
+    """A learning rate that sends the loss to NaN: exit 1, one line naming the
+    epoch and the loss, no epoch recorded past the last good one, and a
+    rerun resumes there (and diverges again, saying so)."""
+    model_dir = tmp_path / 'run'
+    arguments = [f'--records_dir={sample_records}', f'--model_dir={model_dir}',
+                 *SMALL_TRAINING, f'--weights={keras2_file}', '--freeze_epochs=1',
+                 '--fine_tune_epochs=1', '--fine_tune_learning_rate=1e30', '--steps_per_epoch=2',
+                 '--mixed_precision=float32', '--noexport_saved_model']
+    for attempt in range(2):
+        assert run_script('train', *arguments) == 1
+        errors = [line for line in capsys.readouterr().err.splitlines()
+                  if line.startswith('error:')]
+        assert len(errors) == 1, errors
+        for words in ('diverged', 'epoch 2', 'fine_tune', 'keeps its 1 finished epochs'):
+            assert words in errors[0], errors
+        assert re.search(r'loss reached (nan|inf)', errors[0]), errors
+        state = json.loads((model_dir / run_folder.STATE).read_text())
+        assert state['epochs_done'] == 1 and state['finished'] is False
+        assert [row['epoch'] for row in read_history(model_dir)] == ['1']
+        assert not (model_dir / run_folder.FINAL_MODEL).exists()
+        assert not (model_dir / run_folder.METRICS).exists()
 
 
 # ----------------------------------------------------------------------------
