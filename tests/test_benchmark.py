@@ -34,6 +34,7 @@ SUITES = {
 MEMORY_ENTRIES = {'decompress_7z_process', 'convert_zip_process'}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('suite', sorted(SUITES))
 def test_each_suite_reports_every_entry_against_its_baseline(suite, sample_records, kaggle_zip,
                                                              tmp_path, capsys):

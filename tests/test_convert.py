@@ -96,6 +96,7 @@ def test_records_are_shuffled_across_shards(tmp_path, kaggle_zip):
         f'train-0000{index}-of-00003.tfrecord' for index in range(3)]
 
 
+@pytest.mark.slow
 def test_same_input_and_flags_give_byte_identical_shards(tmp_path, kaggle_zip, small_sample):
     assert convert(kaggle_zip, tmp_path / 'first') == 0
     # The same images, as 7z files in a folder rather than a zip.
@@ -553,6 +554,7 @@ def bomb_data(tmp_path_factory, small_sample):
     return data
 
 
+@pytest.mark.slow
 def test_decompression_bomb_is_refused_before_decompressing(bomb_data, tmp_path):
     with zipfile.ZipFile(bomb_data / 'cifar-10.zip') as outer, \
             py7zr.SevenZipFile(outer.open('train.7z')) as seven_zip:
@@ -752,6 +754,7 @@ def _check_no_reader_sees_a_partial_conversion(output_dir):
     return counts
 
 
+@pytest.mark.slow
 def test_killed_conversions_leave_only_whole_records_and_a_rerun_completes(tmp_path):
     output_dir = tmp_path / 'records'
     whole = {'train': 900, 'validation': 100, 'test': 100}
@@ -783,6 +786,7 @@ def test_killed_conversions_leave_only_whole_records_and_a_rerun_completes(tmp_p
     assert set(os.listdir(output_dir)) == listed | {records.MANIFEST_NAME}
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_decompressing_prints_one_line_and_keeps_the_records(kaggle_zip, tmp_path):
     output_dir = tmp_path / 'records'
     assert run_script('convert', '--source=dir', f'--data_dir={kaggle_zip}',

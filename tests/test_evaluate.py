@@ -132,8 +132,9 @@ def test_the_two_models_predict_differently(saved_run):
 
 @pytest.mark.parametrize('model_flag, label, model_file', [
     ([], 'final', run_folder.FINAL_MODEL),                 # The default: the run's model.
-    (['--model=best'], 'best', run_folder.BEST_MODEL),
-    (['--model=PATH'], 'candidate', run_folder.BEST_MODEL),  # A link to best.keras elsewhere.
+    pytest.param(['--model=best'], 'best', run_folder.BEST_MODEL, marks=pytest.mark.slow),
+    # A link to best.keras elsewhere.
+    pytest.param(['--model=PATH'], 'candidate', run_folder.BEST_MODEL, marks=pytest.mark.slow),
 ])
 def test_evaluate_writes_the_named_models_metrics_and_predictions(
         saved_run, tmp_path, model_flag, label, model_file):
@@ -407,6 +408,7 @@ def test_predict_classifies_own_images_and_names_the_unreadable(saved_run, own_i
     assert table[len(rows) + 1] == f'wrote {output}: 7 images, by final.keras'
 
 
+@pytest.mark.slow
 def test_predict_images_by_glob_succeeds_with_the_named_model(saved_run, own_images, tmp_path):
     folder, _ = own_images
     output = tmp_path / 'mine.csv'

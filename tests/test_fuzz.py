@@ -440,6 +440,7 @@ _SETTINGS = dict(deadline=None, database=None, print_blob=True,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
+@pytest.mark.slow
 @settings(max_examples=_CI_EXAMPLES, derandomize=True, **_SETTINGS)
 @given(recipe=_recipes)
 def test_mutated_input_converts_exactly_or_is_refused_in_one_line(example_folders, recipe):
@@ -447,6 +448,7 @@ def test_mutated_input_converts_exactly_or_is_refused_in_one_line(example_folder
 
 
 @pytest.mark.fuzz
+@pytest.mark.slow
 @settings(max_examples=_LONG_EXAMPLES, **_SETTINGS)
 @given(recipe=_recipes)
 def test_long_fuzz(example_folders, recipe):

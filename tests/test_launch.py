@@ -99,6 +99,7 @@ def _launch(records_dir, model_dir, kill_at=None):
     return subprocess.run(command, capture_output=True, text=True, env=environment)
 
 
+@pytest.mark.slow
 def test_two_workers_killed_and_rerun_end_as_an_uninterrupted_job(sample_records, tmp_path):
     reference = _launch(sample_records, tmp_path / 'reference')
     assert reference.returncode == 0, reference.stdout[-3000:]

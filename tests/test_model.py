@@ -65,6 +65,7 @@ def test_backbone_from_scratch_batchnorm_learns_statistics():
     assert any(not np.array_equal(old, new) for old, new in zip(before, _moving_means(model)))
 
 
+@pytest.mark.slow
 def test_batch_norm_momentum_sets_how_fast_moving_statistics_follow():
     first_moving_means = {}
     for momentum in (0.9, 0.5):
@@ -211,6 +212,7 @@ def test_model_is_made_of_keras_own_layers(inference_files):
     assert foreign == []
 
 
+@pytest.mark.slow
 def test_saved_models_load_and_predict_with_keras_alone(inference_files):
     names = ['final.keras', 'best.keras']
     loaded = predict_with_keras_alone(

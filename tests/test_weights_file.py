@@ -129,6 +129,7 @@ def test_whole_keras2_model_file_is_loaded(noisy_layers, tmp_path):
                                   _file_values(noisy_layers)['conv5_block3_3_bn/moving_mean'])
 
 
+@pytest.mark.slow
 def test_frozen_then_fine_tuned_backbone_keeps_the_files_batch_norm(keras2_file, noisy_layers):
     expected = _file_values(noisy_layers)
     model = model_lib.build_model(keras2_file, 32, preprocess=True, head_units=8)
