@@ -1,8 +1,10 @@
 """Throughput measurements, each against a baseline measured in the same run.
 
 The machines this runs on are shared and noisy, so every figure is reported
-next to its baseline from the same run, and each measurement is repeated and
-the best kept. Nothing here is a test: timing never gates the test suite.
+next to its baseline from the same run. Each measurement runs several times,
+in turns with the others, and reports its median and its spread: an entry
+whose runs differ by more than 10% of the median is flagged as noisy.
+`tests/test_benchmark.py` guards the input pipeline's ratios.
 """
 
 import dataclasses
@@ -10,6 +12,7 @@ import functools
 import glob
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,60 +26,70 @@ import PIL.Image
 import py7zr
 import py7zr.io
 import tensorflow as tf
-from absl import logging
 
 from cifar_tfrecord import convert
+from cifar_tfrecord import faults
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
 from cifar_tfrecord import sources
 from cifar_tfrecord.config import ConvertConfig, InputConfig, TrainConfig
 
 
+# Runs that differ by more than this fraction of their median are noisy.
+NOISY_SPREAD = 0.10
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
     name: str
-    images: int
-    seconds: float
+    images: int  # Per run.
+    runs: tuple[float, ...]  # Seconds.
     baseline: str | None = None
-    # This result's throughput over its baseline's (higher is faster).
+    # This result's throughput over its baseline's, of the medians (higher is faster).
     speedup: float | None = None
     # For a measurement run in a process of its own: the peak resident
     # memory of that process and of the processes it started, the largest.
     peak_resident_bytes: int | None = None
 
     @property
+    def seconds(self) -> float:
+        return statistics.median(self.runs)
+
+    @property
     def images_per_second(self) -> float:
         return self.images / self.seconds
 
+    @property
+    def spread(self) -> float:
+        """(slowest - fastest run) / median."""
+        return (max(self.runs) - min(self.runs)) / self.seconds
+
     def to_json(self) -> dict:
-        return {**dataclasses.asdict(self), 'seconds': round(self.seconds, 3),
+        return {**dataclasses.asdict(self), 'runs': [round(run, 3) for run in self.runs],
+                'seconds': round(self.seconds, 3),
                 'images_per_second': round(self.images_per_second, 1),
+                'spread': round(self.spread, 3), 'noisy': self.spread > NOISY_SPREAD,
                 'speedup': None if self.speedup is None else round(self.speedup, 3)}
 
 
-def best_times_in_turns(functions: dict[str, Callable[[], object]],
-                        repeats: int) -> dict[str, float]:
-    """The best time of each function over `repeats` rounds of one call each:
-    in turns, no function gets all the quiet (or busy) moments of a shared
-    machine, so their ratios hold even when its speed changes."""
-    seconds = dict.fromkeys(functions, float('inf'))
+def times_in_turns(functions: dict[str, Callable[[], object]],
+                   repeats: int) -> dict[str, tuple[float, ...]]:
+    """The seconds of each function's calls, over `repeats` rounds of one call
+    each: in turns, no function gets all the quiet (or busy) moments of a
+    shared machine, so their ratios hold even when its speed changes."""
+    seconds = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
             start = time.perf_counter()
             function()
-            seconds[name] = min(seconds[name], time.perf_counter() - start)
-    return seconds
+            seconds[name].append(time.perf_counter() - start)
+    return {name: tuple(runs) for name, runs in seconds.items()}
 
 
-def relative(name: str, images: int, seconds: float, baseline: Result,
-             peak_resident_bytes: int | None = None) -> Result:
-    speedup = baseline.seconds / seconds * images / baseline.images
-    return Result(name, images, seconds, baseline.name, speedup, peak_resident_bytes)
-
-
-def _fastest(runs: list[tuple[int, float]]) -> tuple[int, float]:
-    """The (images, seconds) of the highest throughput."""
-    return min(runs, key=lambda run: run[1] / run[0])
+def relative(result: Result, baseline: Result) -> Result:
+    """`result` with its speedup over `baseline`."""
+    speedup = baseline.seconds / result.seconds * result.images / baseline.images
+    return dataclasses.replace(result, baseline=baseline.name, speedup=speedup)
 
 
 def convert_suite(data_dir: str, repeats: int = 1) -> list[Result]:
@@ -99,20 +112,19 @@ def convert_suite(data_dir: str, repeats: int = 1) -> list[Result]:
         images = sum(not entry.is_directory for seven_zip in _seven_zips(zip_path)
                      for entry in seven_zip.list())
         extracted = _extract(zip_path, work_dir)
-        seconds = best_times_in_turns({
+        runs = times_in_turns({
             'decompress_7z': lambda: _decompress(zip_path),
             'convert_zip': lambda: _convert(zip_path, work_dir, 'raw'),
             'pil_loop_extracted': lambda: _pil_loop(extracted),
             'convert_extracted_raw': lambda: _convert(extracted, work_dir, 'raw'),
             'convert_extracted_png': lambda: _convert(extracted, work_dir, 'png'),
         }, repeats)
-        decompress = Result('decompress_7z', images, seconds['decompress_7z'])
-        pil_loop = Result('pil_loop_extracted', images, seconds['pil_loop_extracted'])
-        return [decompress, relative('convert_zip', images, seconds['convert_zip'], decompress),
-                pil_loop,
-                *(relative(name, images, seconds[name], pil_loop)
-                  for name in ('convert_extracted_raw', 'convert_extracted_png')),
-                *_memory_results(zip_path, work_dir, images, repeats)]
+        results = {name: Result(name, images, seconds) for name, seconds in runs.items()}
+        baselines = {'convert_zip': 'decompress_7z', 'convert_extracted_raw': 'pil_loop_extracted',
+                     'convert_extracted_png': 'pil_loop_extracted'}
+        return [relative(result, results[baselines[name]]) if name in baselines else result
+                for name, result in results.items()] + _memory_results(
+                    zip_path, work_dir, images, repeats)
 
 
 # Run by `python -c`, with the zip (and the output folder) as arguments.
@@ -130,18 +142,18 @@ def _memory_results(zip_path: str, work_dir: str, images: int, repeats: int) -> 
     (whose time includes TensorFlow's import)."""
     output_dir = os.path.join(work_dir, 'records_process')
     floor_runs, convert_runs = [], []
-    for _ in range(repeats):  # In turns, as best_times_in_turns does.
+    for _ in range(repeats):  # In turns, as times_in_turns does.
         floor_runs.append(run_measuring_memory(
             [sys.executable, '-c', _DECOMPRESS_PROGRAM, zip_path], check=True))
         shutil.rmtree(output_dir, ignore_errors=True)
         convert_runs.append(run_measuring_memory(
             [sys.executable, '-c', _CONVERT_PROGRAM, zip_path, output_dir], check=True))
-    # The shortest time, as elsewhere; the largest peak, the one to plan for.
-    floor = Result('decompress_7z_process', images, min(run.seconds for run in floor_runs),
+    # The largest peak: the one to plan for.
+    floor = Result('decompress_7z_process', images, tuple(run.seconds for run in floor_runs),
                    peak_resident_bytes=max(run.peak_resident_bytes for run in floor_runs))
-    return [floor, relative('convert_zip_process', images,
-                            min(run.seconds for run in convert_runs), floor,
-                            max(run.peak_resident_bytes for run in convert_runs))]
+    converter = Result('convert_zip_process', images, tuple(run.seconds for run in convert_runs),
+                       peak_resident_bytes=max(run.peak_resident_bytes for run in convert_runs))
+    return [floor, relative(converter, floor)]
 
 
 # Linux counts into a process's peak resident memory (ru_maxrss) the memory
@@ -217,59 +229,81 @@ def _pil_loop(folder: str) -> np.ndarray:
                      for path in glob.glob(os.path.join(folder, name, '*'))])
 
 
-def input_suite(records_dir: str, batch_size: int = 256, repeats: int = 3) -> list[Result]:
+# Each entry of the input suite with a baseline, and that baseline.
+INPUT_BASELINES = {
+    'pipeline_cold': 'naive_per_example',
+    'pipeline_cold_host_normalize': 'naive_per_example_host_normalize',
+    'pipeline_warm': 'in_memory', 'pipeline_warm_augmented': 'in_memory',
+    'pipeline_host_upsample_224': 'in_memory'}
+
+
+def input_suite(records_dir: str, batch_size: int = 256, repeats: int = 5,
+                epochs: int = 1) -> list[Result]:
     """Input throughput of the pipeline, stage by stage, against baselines
     doing the same work, at 32 px. The cold epoch is measured as the trainer
     runs it by default (the model normalizes on the device), and with
-    normalization on the host (`_host_normalize`), as every other entry is."""
+    normalization on the host (`_host_normalize`), as every other entry is.
+
+    A warm run takes `epochs` epochs from one iterator, as a training run
+    does: a few records read many times measure what an epoch costs, not
+    what starting an iterator costs.
+    """
     base = InputConfig(records_dir=records_dir, batch_size=batch_size, image_size=32,
                        upsample_on='host', augment=False)
     manifest = records.load_manifest(records_dir)
     count = manifest.splits['train'].num_examples
-    steps = count // batch_size  # Training datasets repeat: one epoch is this.
+    steps = count // batch_size  # Every dataset here repeats: one epoch is this.
+    warm = epochs * steps
     part = max(1, 8192 // batch_size)  # Upsampling is slow: a part of an epoch is enough.
-    in_memory = Result('in_memory', *_epoch(_in_memory_dataset(base), repeats))
-    results = [in_memory]
-    for suffix, config in (('', dataclasses.replace(base, upsample_on='device')),
-                           ('_host_normalize', base)):
-        naive = Result(f'naive_per_example{suffix}',
-                       *_epoch(_naive_dataset(config, manifest), repeats))
-        # A fresh pipeline each time: an empty cache.
-        cold = _fastest([_time_epoch(_training_dataset(config), steps) for _ in range(repeats)])
-        results += [naive, relative(f'pipeline_cold{suffix}', *cold, naive)]
+    device = dataclasses.replace(base, upsample_on='device')
     augmented = dataclasses.replace(base, augment=True)
-    for name, config, limit in (
-            ('pipeline_warm', base, steps), ('pipeline_warm_augmented', augmented, steps),
-            ('pipeline_host_upsample_224', dataclasses.replace(augmented, image_size=224), part)):
-        results.append(relative(name, *_warm_epoch(config, steps, repeats, limit), in_memory))
-    results.extend(_stage_breakdown(base, manifest, repeats, part))
-    logging.info('train split: %d images', count)
-    return results
+    entries = {
+        'in_memory': _warm(_in_memory_dataset(base), warm),
+        'naive_per_example': _warm(_naive_dataset(device, manifest), warm),
+        'pipeline_cold': _cold(lambda: _training_dataset(device), steps, repeats),
+        'naive_per_example_host_normalize': _warm(_naive_dataset(base, manifest), warm),
+        'pipeline_cold_host_normalize': _cold(lambda: _training_dataset(base), steps, repeats),
+        'pipeline_warm': _warm(_training_dataset(base), warm),
+        'pipeline_warm_augmented': _warm(_training_dataset(augmented), warm),
+        'pipeline_host_upsample_224': _warm(
+            _training_dataset(dataclasses.replace(augmented, image_size=224)), part),
+        **_stage_breakdown(base, manifest, epochs, part)}
+    return compare(entries, INPUT_BASELINES, repeats)
+
+
+def compare(entries: dict[str, tuple[int, Callable[[], object]]], baselines: dict[str, str],
+            repeats: int) -> list[Result]:
+    """Times each entry's function (`repeats` times, in turns), each of which
+    handles its entry's number of images, and sets each speedup over its
+    entry's baseline."""
+    runs = times_in_turns({name: function for name, (_, function) in entries.items()}, repeats)
+    results = {name: Result(name, images, runs[name]) for name, (images, _) in entries.items()}
+    return [relative(result, results[baselines[name]]) if name in baselines else result
+            for name, result in results.items()]
 
 
 def _training_dataset(config: InputConfig) -> tf.data.Dataset:
     return pipeline.make_dataset(config, 'train', training=True)[0]
 
 
-def _warm_epoch(config: InputConfig, steps: int, repeats: int,
-                limit: int | None = None) -> tuple[int, float]:
-    """(images, seconds) of the fastest training epoch once the cache is full."""
-    dataset = _training_dataset(config)
-    _time_epoch(dataset, steps)  # Fills the cache.
-    return _epoch(dataset, repeats, limit or steps)
+def _count(dataset: tf.data.Dataset, limit: int | None = None) -> int:
+    """Runs through (`limit` batches of) a dataset; returns its images."""
+    return sum(int(tf.shape(tf.nest.flatten(batch)[0])[0])
+               for batch in (dataset.take(limit) if limit else dataset))
 
 
-def _time_epoch(dataset, limit: int | None = None) -> tuple[int, float]:
-    start = time.perf_counter()
-    images = sum(int(tf.shape(tf.nest.flatten(batch)[0])[0])
-                 for batch in (dataset.take(limit) if limit else dataset))
-    return images, time.perf_counter() - start
+def _warm(dataset: tf.data.Dataset, limit: int) -> tuple[int, Callable[[], int]]:
+    """The images of `limit` batches, and a function running through them,
+    once a first run has filled any cache and traced every function."""
+    return _count(dataset, limit), functools.partial(_count, dataset, limit)
 
 
-def _epoch(dataset, repeats: int, limit: int | None = None) -> tuple[int, float]:
-    """(images, seconds) of the fastest of `repeats` epochs, after a warm-up."""
-    _time_epoch(dataset, 3)
-    return _fastest([_time_epoch(dataset, limit) for _ in range(repeats)])
+def _cold(make: Callable[[], tf.data.Dataset], limit: int,
+          repeats: int) -> tuple[int, Callable[[], int]]:
+    """The same for the first epoch of a fresh dataset each run, its cache
+    empty. The datasets are built ahead, so building one is not timed."""
+    fresh = [make() for _ in range(repeats)]
+    return _count(make(), limit), lambda: _count(fresh.pop(), limit)
 
 
 def _finished(examples: tf.data.Dataset, config: InputConfig) -> tf.data.Dataset:
@@ -283,7 +317,8 @@ def _in_memory_dataset(config: InputConfig) -> tf.data.Dataset:
     """The plain baseline: numpy arrays in RAM, reshuffled and batched."""
     _, images, labels = zip(*records.read_split(config.records_dir, 'train'))
     dataset = tf.data.Dataset.from_tensor_slices((np.stack(images), np.array(labels)))
-    return _finished(dataset.shuffle(len(labels), seed=0, reshuffle_each_iteration=True), config)
+    dataset = dataset.shuffle(len(labels), seed=0, reshuffle_each_iteration=True)
+    return _finished(dataset.repeat(), config)
 
 
 def _naive_dataset(config: InputConfig, manifest: records.Manifest) -> tf.data.Dataset:
@@ -299,41 +334,38 @@ def _naive_dataset(config: InputConfig, manifest: records.Manifest) -> tf.data.D
 
     paths = records.shard_paths(config.records_dir, 'train', manifest)
     return _finished(tf.data.TFRecordDataset(paths).map(
-        parse_one, num_parallel_calls=pipeline.AUTOTUNE), config)
+        parse_one, num_parallel_calls=pipeline.AUTOTUNE).repeat(), config)
 
 
-def _stage_breakdown(config: InputConfig, manifest: records.Manifest, repeats: int,
-                     part: int) -> list[Result]:
-    """The pipeline built up one stage at a time, each step timed warm.
+def _stage_breakdown(config: InputConfig, manifest: records.Manifest, epochs: int,
+                     part: int) -> dict[str, tuple[int, Callable[[], int]]]:
+    """The pipeline built up one stage at a time, each step timed warm, over
+    `epochs` epochs.
 
     `config` normalizes on the host, at 32 px, without augmentation. From
     stage 3 on, batches come epoch after epoch, one-hot encoded (which costs
     next to nothing).
     """
     paths = records.shard_paths(config.records_dir, 'train', manifest)
-    batch = config.batch_size
-    steps = manifest.splits['train'].num_examples // batch
+    count = manifest.splits['train'].num_examples
+    steps = count // config.batch_size
 
-    def epochs(**changes):
+    def endless(**changes):
         """Training batches of `config` with `changes`, epoch after epoch."""
         changed = dataclasses.replace(config, **changes)
         split = pipeline.cached(pipeline.whole(pipeline.read(paths), manifest.encoding), '')
         return tf.data.Dataset.counter().flat_map(
-            lambda epoch: pipeline.epoch_batches(split, changed, epoch, batch, steps))
+            lambda epoch: pipeline.epoch_batches(split, changed, epoch, config.batch_size,
+                                                 steps)).prefetch(pipeline.AUTOTUNE)
 
-    stages = {'stage_1_read': (lambda: pipeline.read(paths).batch(batch), None),
-              'stage_2_parse_decode': (lambda: pipeline.decoded(
-                  pipeline.read(paths), manifest.encoding).batch(batch), None),
-              'stage_3_cache_shuffle_batch': (lambda: epochs(upsample_on='device'), steps),
-              'stage_4_augment': (lambda: epochs(upsample_on='device', augment=True), steps),
-              'stage_5_normalize_one_hot': (lambda: epochs(augment=True), steps),
-              'stage_6_upsample_224': (lambda: epochs(augment=True, image_size=224), part)}
-    results = []
-    for name, (build, limit) in stages.items():
-        dataset = build().prefetch(pipeline.AUTOTUNE)
-        _time_epoch(dataset, limit and steps)  # Fills any cache.
-        results.append(Result(name, *_epoch(dataset, repeats, limit)))
-    return results
+    read = pipeline.read(paths)
+    return {'stage_1_read': _warm(read.batch(config.batch_size).repeat(),
+                                  epochs * -(-count // config.batch_size)),
+            'stage_2_parse_decode': _warm(pipeline.whole(read, manifest.encoding).repeat(), epochs),
+            'stage_3_cache_shuffle_batch': _warm(endless(upsample_on='device'), epochs * steps),
+            'stage_4_augment': _warm(endless(upsample_on='device', augment=True), epochs * steps),
+            'stage_5_normalize_one_hot': _warm(endless(augment=True), epochs * steps),
+            'stage_6_upsample_224': _warm(endless(augment=True, image_size=224), part)}
 
 
 def data_service_suite(records_dir: str, batch_size: int = 256, repeats: int = 3,
@@ -346,7 +378,7 @@ def data_service_suite(records_dir: str, batch_size: int = 256, repeats: int = 3
     """
     config = InputConfig(records_dir=records_dir, batch_size=batch_size, image_size=32)
     steps = records.load_manifest(records_dir).splits['train'].num_examples // batch_size
-    in_process = Result('pipeline_in_process', *_warm_epoch(config, steps, repeats))
+    name = f'data_service_{service_workers}_workers'
     service = tf.data.experimental.service
     dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))  # A free port.
     address = dispatcher.target.split('://', 1)[1]
@@ -354,12 +386,11 @@ def data_service_suite(records_dir: str, batch_size: int = 256, repeats: int = 3
                              for _ in range(service_workers))]
     try:
         served = _training_dataset(dataclasses.replace(config, data_service=dispatcher.target))
-        served_run = _epoch(served, repeats, steps)
+        return compare({'pipeline_in_process': _warm(_training_dataset(config), steps),
+                        name: _warm(served, steps)}, {name: 'pipeline_in_process'}, repeats)
     finally:
         for server in reversed(servers):
             server.stop()
-    return [in_process,
-            relative(f'data_service_{service_workers}_workers', *served_run, in_process)]
 
 
 def train_suite(records_dir: str, batch_size: int = 256, image_size: int = 32,
@@ -382,10 +413,33 @@ def train_suite(records_dir: str, batch_size: int = 256, image_size: int = 32,
                         train.resolve_jit_compile(config.jit_compile))
     for data in inputs.values():
         model.fit(data, steps_per_epoch=2, epochs=1, shuffle=False, verbose=0)  # Warms up.
-    seconds = best_times_in_turns(
-        {name: functools.partial(model.fit, data, steps_per_epoch=steps, epochs=1,
-                                 shuffle=False, verbose=0)
-         for name, data in inputs.items()}, repeats)
-    synthetic = Result('train_synthetic', steps * batch_size, seconds['train_synthetic'])
-    return [synthetic, relative('train_pipeline', steps * batch_size, seconds['train_pipeline'],
-                                synthetic)]
+    return compare({name: (steps * batch_size, functools.partial(
+        model.fit, data, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0))
+        for name, data in inputs.items()}, {'train_pipeline': 'train_synthetic'}, repeats)
+
+
+# The recipes whose start `time_to_first_step` measures, in scripts/recipes/.
+FIRST_STEP_RECIPES = ('quickstart', 'cpu_scratch')
+
+
+def time_to_first_step(records_dir: str, repeats: int = 3) -> dict[str, tuple[float, ...]]:
+    """Seconds from the start of `scripts/train.py` to the end of its first
+    training step, for each recipe of FIRST_STEP_RECIPES, in turns: each run
+    is killed there by fault injection (`faults`), into a fresh run folder."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          'scripts', 'train.py')
+    runs = {recipe: [] for recipe in FIRST_STEP_RECIPES}
+    with tempfile.TemporaryDirectory(prefix='cifar_first_step_') as work_dir:
+        for attempt in range(repeats):
+            for recipe in FIRST_STEP_RECIPES:
+                flagfile = os.path.join(os.path.dirname(script), 'recipes', f'{recipe}.flags')
+                run = run_measuring_memory(
+                    [sys.executable, script, f'--flagfile={flagfile}',
+                     f'--records_dir={records_dir}',
+                     f'--model_dir={os.path.join(work_dir, f"{recipe}-{attempt}")}'],
+                    env={**os.environ, **faults.kill_at('train_step', 1)})
+                if faults.KILLED_MESSAGE not in run.stderr:
+                    raise RuntimeError(f'{recipe}: the trainer ended ({run.status}) before its '
+                                       f'first step: {run.stderr[-2000:]}')
+                runs[recipe].append(run.seconds)
+    return {recipe: tuple(seconds) for recipe, seconds in runs.items()}

@@ -1,10 +1,8 @@
 """The callbacks of a phase's fit: what makes a run safe to kill, resume and read.
 
-At the end of an epoch the outputs (best.keras, history.csv) are written
-before the backup that marks the epoch done (`RunFolder.save_backup`): a kill
-in between redoes the epoch, and its row and checkpoint are written again
-rather than lost. A step whose loss is not finite stops the run at once,
-before its epoch can be marked done.
+An epoch's outputs (best.keras, history.csv) are written before the backup that marks
+it done (`RunFolder.save_backup`): a kill in between redoes the epoch, rewriting them
+rather than losing them. A step whose loss is not finite stops the run at once.
 """
 
 import math
@@ -26,13 +24,9 @@ from cifar_tfrecord.run_folder import LOGS, BestRecord, RunFolder
 def inference_model_writer(model: keras.Model) -> Callable[[str], None]:
     """What writes the model for inference: its architecture and weights, no optimizer.
 
-    Keras saves a compiled model's optimizer variables with it, twice the
-    weights again for AdamW; resuming reads its own backup instead. A new
-    Functional model of the same layers is not compiled, so it saves the
-    weights alone (it shares them: nothing is copied). `input` and `output`,
-    not the lists `inputs` and `outputs`: the model saved takes what the
-    trained one takes, a tensor (a SavedModel exported from a list would ask
-    for a list).
+    A new, uncompiled Functional model of the same layers saves no optimizer state
+    (twice the weights for AdamW; resuming reads the backup), sharing, not copying,
+    the weights. `input`, not `inputs`: a SavedModel exported from a list asks for one.
     """
     return keras.Model(model.input, model.output, name=model.name).save
 
@@ -40,11 +34,9 @@ def inference_model_writer(model: keras.Model) -> Callable[[str], None]:
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stops the run at the first step whose loss is not finite, in one line.
 
-    Raised from the step, before Keras validates the epoch and calls
-    `on_epoch_end`: the epoch is never marked done, and the run keeps the
-    epochs before it. (Keras' TerminateOnNaN only ends the epoch early, which
-    the backup would then record as done, and the next phase would go on
-    from NaN weights.)
+    Raised from the step, before `on_epoch_end`, so the epoch is never marked done.
+    (Keras' TerminateOnNaN only ends the epoch early: the backup would record it as
+    done, and the next phase would go on from NaN weights.)
     """
 
     def __init__(self, run: RunFolder, phase: str):
@@ -68,12 +60,9 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 
 class HistoryCSV(keras.callbacks.Callback):
-    """One row per epoch in history.csv, with learning rate and images/s, and
-    the same row as one line on the console, with the time left for the run.
-
-    The Keras progress bar counts the epochs of one phase's fit; the console
-    line counts the run's and names the phase.
-    """
+    """One row per epoch in history.csv, with learning rate and images/s, and the same
+    row on the console with the run's time left: counting the run's epochs and naming
+    the phase, where the Keras bar counts only this phase's fit."""
 
     def __init__(self, run: RunFolder, phase: str, images_per_epoch: int,
                  total_epochs: int | None = None):
@@ -122,12 +111,9 @@ class HistoryCSV(keras.callbacks.Callback):
 
 
 class RunTimeEstimate(keras.callbacks.Callback):
-    """Times the first steps of a run and says how long the whole run will take.
-
-    On a machine without an accelerator it also warns when that is over an
-    hour, and names the command that would take less: the trainer's defaults
-    are a GPU recipe (224 px).
-    """
+    """Times the first steps of a run and says how long the whole run will take; on a
+    machine without an accelerator, warns when that is over an hour and names the
+    command that would take less: the trainer's defaults are a GPU recipe (224 px)."""
 
     def __init__(self, steps_per_epoch: int, epochs_left: int, advice: str | None):
         super().__init__()
@@ -177,11 +163,8 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 
 class EpochBackup(keras.callbacks.Callback):
-    """After every epoch: the weights and optimizer state, then state.json.
-
-    Random state needs no backup: the input and dropout of an epoch are
-    functions of the seed and the epoch (`ReseedDropout`).
-    """
+    """After every epoch: the weights and optimizer state, then state.json. Random state
+    needs none: an epoch's input and dropout follow from seed and epoch (`ReseedDropout`)."""
 
     def __init__(self, run: RunFolder, phase: str):
         super().__init__()
@@ -195,10 +178,9 @@ class EpochBackup(keras.callbacks.Callback):
 class ReseedDropout(keras.callbacks.Callback):
     """Seeds every Dropout layer from (seed, epoch) as each epoch begins.
 
-    Keras keeps a dropout layer's random state in a variable that neither
-    `get_weights` nor `save_weights` holds; a resumed run would replay the
-    masks of the run's first epoch. Reseeded per epoch, epoch k's masks are
-    the same whether or not the run was interrupted before it.
+    `save_weights` does not hold a dropout layer's random state, so a resumed run
+    would replay the first epoch's masks; reseeded, epoch k's masks never depend on
+    whether the run was interrupted.
     """
 
     def __init__(self, seed: int):
@@ -232,8 +214,7 @@ def make_callbacks(run: RunFolder, phase: str, images_per_epoch: int, seed: int,
                    total_epochs: int | None = None,
                    estimate: RunTimeEstimate | None = None) -> list:
     """The callbacks of one phase's fit, in the order they must run."""
-    # A test's kill comes first, before the bar draws the step: its line
-    # starts a line of its own.
+    # A test's kill comes first, before the bar draws the step: its line starts afresh.
     callbacks = [FaultPoints()] if faults.enabled() else []
     callbacks += [
         StopOnNonFiniteLoss(run, phase),  # Before the bar draws the step, too.

@@ -183,11 +183,9 @@ def _decoded(batches: Iterator[sources.SourceBatch], encoding: str, kaggle_set: 
 
 def _decoded_pngs(batches: Iterator[sources.SourceBatch], kaggle_set: str
                   ) -> Iterator[tuple[sources.SourceBatch, np.ndarray]]:
-    """Decodes PNGs in one long tf.data pipeline, in parallel C++ threads,
-    while its generator reads the source: reading, decoding and serializing
-    overlap. The generator cuts the source's batches, whatever their sizes,
-    into chunks of _BATCH_SIZE images, the last padded with copies to whole
-    groups, and each chunk comes out of TF whole, in order."""
+    """Decodes PNGs in one long tf.data pipeline, in parallel C++ threads, while its
+    generator reads the source, so reading, decoding and serializing overlap. Each chunk
+    of _BATCH_SIZE images, the last padded to whole groups, comes out of TF whole, in order."""
     pending = collections.deque()  # Chunks handed to TF, not yet decoded.
     source_errors = []
 
@@ -217,10 +215,9 @@ def _decoded_pngs(batches: Iterator[sources.SourceBatch], kaggle_set: str
             chunk = pending.popleft()
             yield chunk, images.reshape(-1, *records.IMAGE_SHAPE)[:len(chunk.ids)]
     except tf.errors.InvalidArgumentError:
-        if source_errors:
-            raise source_errors[0] from None
-        # Some image in a pending chunk is broken; find which, and how.
-        raise _explain_bad_png(pending, kaggle_set) from None
+        if not source_errors:
+            # Some image in a pending chunk is broken; find which, and how.
+            raise _explain_bad_png(pending, kaggle_set) from None
     if source_errors:
         raise source_errors[0]
 
@@ -255,12 +252,11 @@ def _check_pngs(ids: list[str], pngs: list[bytes], kaggle_set: str, whole: bool)
 
 
 def png_size(png: bytes) -> tuple[int, int]:
-    """The (height, width) of a whole PNG file, found without decoding it.
+    """The (height, width) of a whole PNG file, found without decoding it: it inflates no
+    pixels, so `--encoding=png` is not held to the speed of 'raw'.
 
-    Checks that the file is a sequence of chunks, from a 13-byte IHDR to
-    IEND, each with a correct CRC-32, and raises ValueError saying what is
-    wrong: a truncated file or any changed byte fails. It inflates no
-    pixels, so `--encoding=png` is not held to the speed of 'raw'."""
+    Raises ValueError unless the file is chunks from a 13-byte IHDR to IEND, each with a
+    correct CRC-32: a truncated file or any changed byte fails."""
     position, kinds = len(records.PNG_SIGNATURE), []
     while kinds[-1:] != [b'IEND']:
         if position + _CHUNK_HEAD.size + _CRC.size > len(png):

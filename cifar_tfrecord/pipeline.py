@@ -18,7 +18,6 @@ Depends on the records module alone.
 
 import os
 
-import keras
 import tensorflow as tf
 from absl import logging
 
@@ -27,11 +26,11 @@ from cifar_tfrecord.config import InputConfig
 from cifar_tfrecord.errors import UserInputError
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Records parsed per parse_example call: large enough to amortize the op.
-_PARSE_BATCH = 1024
 # More than a split ever holds: `whole` batches a split into one element.
 _WHOLE = 1 << 40
 _PADDING = 4
+# ImageNet's mean pixel, blue, green, red: what caffe mode subtracts.
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 # ----------------------------------------------------------------------------
@@ -56,13 +55,15 @@ def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     offset_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     offsets = tf.random.stateless_uniform(
         [batch_size, 2], offset_seed, maxval=2 * _PADDING + 1, dtype=tf.int32)
+    flips = tf.random.stateless_uniform([batch_size], flip_seed) < 0.5
     rows = offsets[:, :1] + tf.range(height)[None, :]
-    columns = offsets[:, 1:] + tf.range(width)[None, :]
+    # A flipped image takes its columns right to left: the gather flips it,
+    # at half the cost of reversing the crops and choosing between the two.
+    steps = tf.where(flips[:, None], tf.range(width - 1, -1, -1)[None, :], tf.range(width)[None, :])
+    columns = offsets[:, 1:] + steps
     # Gathering rows, then columns, per image crops every image at its own offset.
     cropped = tf.gather(padded, rows, axis=1, batch_dims=1)
-    cropped = tf.gather(cropped, columns, axis=2, batch_dims=1)
-    flips = tf.random.stateless_uniform([batch_size], flip_seed) < 0.5
-    return tf.where(flips[:, None, None, None], tf.reverse(cropped, axis=[2]), cropped)
+    return tf.gather(cropped, columns, axis=2, batch_dims=1)
 
 
 def normalize(images: tf.Tensor, mode: str) -> tf.Tensor:
@@ -70,12 +71,12 @@ def normalize(images: tf.Tensor, mode: str) -> tf.Tensor:
 
     caffe is what ResNet50's ImageNet weights were trained with: BGR, 0..255,
     ImageNet mean subtracted. Scaling to [0, 1] instead quietly costs transfer
-    accuracy. The formula is Keras' own, so host and model agree exactly.
+    accuracy. The same as Keras' `resnet50.preprocess_input` to the bit
+    (tests/test_pipeline.py), in two passes over the batch instead of its four.
     """
-    images = tf.cast(images, tf.float32)
     if mode == 'caffe':
-        return keras.applications.resnet50.preprocess_input(images)
-    return images / 255.0
+        return tf.cast(tf.reverse(images, [-1]), tf.float32) - _CAFFE_MEAN_BGR
+    return tf.cast(images, tf.float32) / 255.0
 
 
 def one_hot(labels: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
@@ -93,7 +94,7 @@ def upsample(images: tf.Tensor, size: int, method: str) -> tf.Tensor:
     TensorFlow's bilinear resize: tf.data runs it without XLA, where it is
     right (the model, which XLA may compile, multiplies by the same weights
     as matrices: `interpolation`), and faster there than those products (the
-    README's input benchmark).
+    input benchmark, docs/measurements.md).
     """
     if size == images.shape[1]:
         return images
@@ -297,16 +298,11 @@ def _evaluation_batches(split_tensors, config, count, input_context):
 def whole(serialized: tf.data.Dataset, encoding: str) -> tf.data.Dataset:
     """Serialized records to one element: all their (uint8 images, int64 labels).
 
-    Parsed in batches; the one element is what the cache holds, and what
-    each epoch gathers its batches from.
+    One parse of the whole split: faster than parsing it in parallel parts
+    and joining them image by image (docs/measurements.md). The one element
+    is what the cache holds, and what each epoch gathers its batches from.
     """
-    return decoded(serialized, encoding).batch(_WHOLE)
-
-
-def decoded(serialized: tf.data.Dataset, encoding: str) -> tf.data.Dataset:
-    """Serialized records to (uint8 image, int64 label), parsed in batches."""
-    return serialized.batch(_PARSE_BATCH).map(
-        lambda batch: parse(batch, encoding), num_parallel_calls=AUTOTUNE).unbatch()
+    return serialized.batch(_WHOLE).map(lambda batch: parse(batch, encoding))
 
 
 def read(paths: list[str],
@@ -359,12 +355,17 @@ def cached(dataset: tf.data.Dataset, path: str) -> tf.data.Dataset:
     neither re-read the files nor replay one epoch's augmentation. A file
     cache that a killed process left unfinished is removed: TensorFlow would
     refuse to write over its lock file.
+
+    The cache keeps what it holds only once it has seen the end of its
+    input, and the split is one element: the prefetch asks for the end as
+    soon as that element is out, so an epoch cut short (`take`, Keras'
+    steps) does not throw the cached split away.
     """
     if path and not tf.io.gfile.exists(path + '.index'):
         tf.io.gfile.makedirs(os.path.dirname(path) or '.')
         for leftover in tf.io.gfile.glob(path + '_*'):
             tf.io.gfile.remove(leftover)
-    return dataset.cache(path)
+    return dataset.cache(path).prefetch(1)
 
 
 def finish(images: tf.Tensor, labels: tf.Tensor, config: InputConfig,

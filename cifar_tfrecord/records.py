@@ -54,12 +54,10 @@ class Field:
 
 @functools.cache
 def schema(encoding: str) -> dict[str, Field]:
-    """The fields of a record, by name, for one image encoding.
-
-    With png the keys are the ones the TF Model Garden classification decoder
-    reads (`image/encoded`, `image/class/label`), so those records feed it.
-    """
-    _check_encoding(encoding)
+    """The fields of a record, by name, for one image encoding; with png the keys are the
+    TF Model Garden classification decoder's (`image/encoded`, ...), so those records feed it."""
+    if encoding not in ENCODINGS:
+        raise UserInputError(f'unknown encoding {encoding!r}: use one of {", ".join(ENCODINGS)}')
     image_key = 'image/encoded' if encoding == 'png' else 'image/raw'
     return {
         'image': Field(image_key, tf.string),
@@ -69,21 +67,12 @@ def schema(encoding: str) -> dict[str, Field]:
     }
 
 
-def _check_encoding(encoding: str) -> None:
-    if encoding not in ENCODINGS:
-        raise UserInputError(
-            f'unknown encoding {encoding!r}: use one of {", ".join(ENCODINGS)}')
-
-
 def serialize_examples(encoding: str, example_ids: list[str], images: list[bytes],
                        labels: np.ndarray) -> list[bytes]:
     """Records as serialized tf.train.Examples, one per (id, image, label).
 
-    Args:
-        encoding: 'raw' (each image is its 3072 uint8 pixels) or 'png' (PNG bytes).
-        example_ids: the Kaggle ids, or the tfds ids.
-        images: the image bytes in that encoding.
-        labels: class indices, or UNKNOWN_LABEL, which leaves the label out.
+    `images` hold 3072 uint8 pixels each ('raw') or PNG bytes ('png'); a label
+    of UNKNOWN_LABEL leaves the label feature out.
     """
     labelled, unlabelled = _Record(encoding, labelled=True), _Record(encoding, labelled=False)
     return [(unlabelled if label == UNKNOWN_LABEL else labelled).serialize(example_id, image, label)
@@ -91,11 +80,8 @@ def serialize_examples(encoding: str, example_ids: list[str], images: list[bytes
 
 
 class _Record:
-    """One tf.train.Example with the schema's features, refilled per record.
-
-    Refilling one message costs less than building one per record, which
-    matters at 60,000 records.
-    """
+    """One tf.train.Example with the schema's features, refilled per record: cheaper than
+    building one per record, which matters at 60,000 records."""
 
     def __init__(self, encoding: str, labelled: bool):
         self._example = tf.train.Example()
@@ -134,12 +120,8 @@ def decode_png(png: tf.Tensor) -> tf.Tensor:
 
 
 def parse_examples(serialized: tf.Tensor, encoding: str) -> dict[str, tf.Tensor]:
-    """Parses a batch of serialized records.
-
-    Returns:
-        A dict with 'image' (uint8, [batch, 32, 32, 3]), 'label' (int64,
-        [batch], UNKNOWN_LABEL where absent) and 'id' (string, [batch]).
-    """
+    """A batch of serialized records to 'image' (uint8, [batch, 32, 32, 3]), 'label'
+    (int64, [batch], UNKNOWN_LABEL where absent) and 'id' (string, [batch])."""
     fields = schema(encoding)
     parsed = tf.io.parse_example(serialized, feature_spec(encoding))
     image_bytes = parsed[fields['image'].key]
@@ -185,13 +167,9 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     def fingerprint(self) -> str:
-        """The sha256 of what the records hold: schema, encoding, class names,
-        and every shard's name, count and sha256.
-
-        Not of where they came from (`provenance`): the same records in
-        another folder, or converted again from a copy elsewhere, have the
-        same fingerprint; records that differ in any byte have another.
-        """
+        """The sha256 of what the records hold (schema, encoding, class names, every shard's
+        name, count and sha256), not of where they came from (`provenance`): the same records
+        elsewhere have the same fingerprint, records that differ in any byte another."""
         content = dataclasses.asdict(self)
         del content['provenance']
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
@@ -203,16 +181,11 @@ _SHA256 = re.compile('[0-9a-f]{64}')
 
 
 def parse_manifest(data) -> Manifest:
-    """A manifest from its JSON value, every key and value checked.
+    """A manifest from its JSON value, every key and value checked, with no shard read
+    (`check_shards` reads those); raises json_fields.FieldError naming the key at fault.
 
-    Checked here, cheaply, with no shard read: the schema version first,
-    then each key's presence and type (`json_fields.parse`), that no key is
-    unknown, that shard names are shard names of their split, and that every
-    split's counts add up (its num_examples, its shards' and its class
-    counts). `check_shards` reads the shards themselves.
-
-    Raises:
-        json_fields.FieldError: naming the key at fault.
+    The schema version comes first, so another version's manifest is told to convert again
+    rather than refused for its keys.
     """
     if isinstance(data, dict) and data.get('schema_version', SCHEMA_VERSION) != SCHEMA_VERSION:
         raise FieldError(f'schema_version is {shown(data["schema_version"])}, this code reads '
@@ -266,13 +239,7 @@ def manifest_path(records_dir: str) -> str:
 
 
 def load_manifest(records_dir: str) -> Manifest:
-    """Reads `manifest.json`, checked against its schema (`parse_manifest`).
-
-    Raises:
-        UserInputError: the folder holds no manifest, or one naming its
-            first fault: not JSON, another schema version, a key missing,
-            unknown or of the wrong type, counts that do not add up.
-    """
+    """Reads `manifest.json`, checked by `parse_manifest`; any fault is a UserInputError."""
     path = manifest_path(records_dir)
     if not files.exists(path):
         raise UserInputError(
@@ -319,18 +286,12 @@ EVERY_RECORD = 3   # every record parses, and the counts are the manifest's
 
 def check_shards(records_dir: str, manifest: Manifest, level: int,
                  splits: Iterable[str] | None = None) -> dict[str, int]:
-    """Checks the shards of `splits` (default: all) against the manifest.
+    """Checks the shards of `splits` (default: all) against the manifest, raising a
+    UserInputError naming the first that does not match; returns each split's record
+    count, counted at EVERY_RECORD, else as the manifest says.
 
-    PRESENT and FIRST_RECORD are cheap enough to check before anything is
-    written, so a damaged folder stops a command before it starts, not when
-    a split is first read; `convert.py --verify` reads EVERY_RECORD.
-
-    Returns:
-        The records of each split checked: counted at EVERY_RECORD, else as
-        the manifest says.
-
-    Raises:
-        UserInputError: naming the first shard that does not match.
+    PRESENT and FIRST_RECORD are cheap enough to check before anything is written, so a
+    damaged folder stops a command before it starts, not when a split is first read.
     """
     where = manifest_path(records_dir)
     counts = {}
@@ -399,12 +360,8 @@ def _check_class_counts(split: str, labels: np.ndarray, manifest: Manifest,
 
 
 def write_partial_shard(path: str, serialized: list[bytes]) -> None:
-    """Writes a shard under its temporary name (`files.partial_name`).
-
-    `publish` renames it when the whole conversion has succeeded. A reader
-    never sees a partial shard under its final name, and the manifest that
-    points at shards is written only after every one is in place.
-    """
+    """Writes a shard under its temporary name, which `publish` renames once the whole
+    conversion has succeeded: a reader never sees a partial shard under its final name."""
     with tf.io.TFRecordWriter(files.partial_name(path)) as writer:
         for record in serialized:
             writer.write(record)
@@ -438,11 +395,8 @@ def file_digest(path: str) -> tuple[str, int]:
 
 def read_split(records_dir: str, split: str,
                batch_size: int = 1024) -> Iterator[tuple[str, np.ndarray, int]]:
-    """Yields `(kaggle_id, image, label)` for every record of a split.
-
-    `image` is a uint8 array of shape (32, 32, 3) and `label` an int, -1 when
-    the image is unlabelled. Records come in manifest (shard) order.
-    """
+    """Yields `(kaggle_id, image, label)` for every record of a split, in manifest order:
+    `image` a (32, 32, 3) uint8 array, `label` an int, -1 when the image is unlabelled."""
     manifest = load_manifest(records_dir)
     paths = shard_paths(records_dir, split, manifest)
     for batch in _read_batches(paths, manifest.encoding, batch_size):
@@ -459,11 +413,7 @@ def _read_batches(paths: list[str], encoding: str, batch_size: int,
 
 
 def verify(records_dir: str) -> dict[str, int]:
-    """Re-reads every shard against the manifest (`check_shards` at EVERY_RECORD).
-
-    Returns:
-        The number of verified records per split.
-    """
+    """Re-reads every shard against the manifest; returns the verified records per split."""
     return check_shards(records_dir, load_manifest(records_dir), EVERY_RECORD)
 
 

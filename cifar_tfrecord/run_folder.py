@@ -20,14 +20,13 @@
     image-predictions-<model>.csv   written by scripts/predict.py --images
     .worker-N/         a worker's private folder in a multi-worker job
 
-The run's model is final.keras: the trainer evaluates and exports it, and
-scripts/evaluate.py, predict.py and plot.py use it unless told `--model=best`
-or `--model=PATH`. best.keras is chosen on the validation split, so its
-validation accuracy is biased upward.
+The run's model is final.keras: the trainer evaluates and exports it, and scripts/evaluate.py,
+predict.py and plot.py use it unless told `--model=best` or `--model=PATH`. best.keras is
+chosen on the validation split, so its validation accuracy is biased upward.
 
 `RunFolder` reads and writes the run's state; every file is written whole
-(`files.write_atomically`), so one that is not what the trainer writes was
-edited or damaged since: it is refused in one line naming it, never guessed at.
+(`files.write_atomically`), so one that is not what the trainer writes was edited or
+damaged since: it is refused in one line naming it, never guessed at.
 
 No TensorFlow here: plots read run folders and start without it.
 """
@@ -84,8 +83,7 @@ _RUN_FILE_PATTERN = re.compile(
 _RUN_EVIDENCE = (STATE, HISTORY, BEST_MODEL, FINAL_MODEL)
 
 
-# ----------------------------------------------------------------------------
-# What the JSON files hold.
+# --- What the JSON files hold.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,8 +162,7 @@ class RunConfig:
     recipe: Recipe
 
 
-# ----------------------------------------------------------------------------
-# Names.
+# --- Names.
 
 
 def is_run_file(name: str) -> bool:
@@ -185,8 +182,7 @@ def model_name(model: str) -> str:
 
 def model_label(model_path_: str) -> str:
     """A short name of a model file for file names: 'final', 'best', or its stem."""
-    name = os.path.basename(model_path_.rstrip('/'))
-    return name.removesuffix('.keras')
+    return os.path.basename(model_path_.rstrip('/')).removesuffix('.keras')
 
 
 def evaluation_metrics(model_dir: str, model_path_: str, split: str) -> str:
@@ -214,8 +210,7 @@ def worker_folder(model_dir: str, task_type: str, task_id: int) -> str:
     return os.path.join(model_dir, f'.{task_type}-{task_id}')
 
 
-# ----------------------------------------------------------------------------
-# Files read by several modules.
+# --- Files read by several modules.
 
 
 def read_run_config(model_dir: str) -> RunConfig:
@@ -245,11 +240,8 @@ def read_metrics(path: str) -> Metrics:
 def read_history(path: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """history.csv: its columns, and each row's line number and values by column.
 
-    Checked: a header, as many values in each row as columns, `epoch` a
-    whole number from 1, the number columns numbers or empty.
-
-    Raises:
-        UserInputError: naming the file, and the line at fault.
+    Refused in one line naming the line at fault unless it has a header, a value per
+    column in each row, `epoch` a whole number from 1, numbers or nothing in the rest.
     """
     reader = csv.reader(io.StringIO(files.read_text(path)))
     try:
@@ -288,17 +280,14 @@ def history_number(value: str) -> float:
     return float(value) if value else math.nan
 
 
-# ----------------------------------------------------------------------------
-# The run's state.
+# --- The run's state.
 
 
 class RunFolder:
     """A run folder: its files by name, and the state a run resumes from.
 
-    A worker of a multi-worker job that is not the chief writes a folder of
-    its own, and reads the state it resumes from in the chief's
-    (`chief_dir`): every worker resumes at the same epoch, with the same
-    weights.
+    A worker that is not the chief writes a folder of its own but resumes from the
+    chief's (`chief_dir`), so every worker resumes at the same epoch and weights.
     """
 
     def __init__(self, model_dir: str, chief_dir: str | None = None):
@@ -318,13 +307,9 @@ class RunFolder:
 
     def resume(self, config: TrainConfig, mixed_precision: str, jit_compile: bool,
                fingerprint: str) -> RunState:
-        """How far an earlier run here got; refuses one this run cannot continue.
-
-        Before anything is written, a run folder is refused whose run differs
-        in a flag that changes the result, in what `auto` resolved to, or in
-        its records; so is one with a file the rerun would misread, or with a
-        run but no config.json. `--overwrite` starts afresh instead.
-        """
+        """How far an earlier run here got; refuses, before anything is written, a run
+        of other result-changing flags, `auto` resolutions or records, a file the rerun
+        would misread, or a run without config.json. `--overwrite` starts afresh."""
         if config.overwrite or not self._holds_run():
             return RunState()
         saved = _refused_unless_whole(read_run_config, self.model_dir)
@@ -420,8 +405,7 @@ class RunFolder:
 
     def best_accuracy(self) -> float:
         """The val_accuracy best.keras has in the chief's folder, or -inf."""
-        if files.exists(self.chief_path(BEST_MODEL)) and files.exists(
-                self.chief_path(BEST_RECORD)):
+        if all(files.exists(self.chief_path(name)) for name in (BEST_MODEL, BEST_RECORD)):
             return files.read_dataclass(self.chief_path(BEST_RECORD), BestRecord).val_accuracy
         return -math.inf
 
@@ -431,10 +415,8 @@ class RunFolder:
         files.write_dataclass(self.path(BEST_RECORD), record)
 
     def save_backup(self, epoch: int, phase: str, write_weights: Callable[[str], None]) -> None:
-        """Epoch `epoch`'s backup, then state.json naming it, then older backups removed.
-
-        A kill at any moment leaves state.json naming a whole backup, or none.
-        """
+        """Epoch `epoch`'s backup, then state.json naming it, then older backups removed:
+        a kill at any moment leaves state.json naming a whole backup, or none."""
         name = os.path.join(BACKUP, f'epoch-{epoch:04d}.weights.h5')
         files.save_atomically(self.path(name), write_weights)
         faults.reached('backup_written')

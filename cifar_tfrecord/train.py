@@ -21,6 +21,7 @@ file system).
 import dataclasses
 import hashlib
 import platform
+import weakref
 
 import keras
 import numpy as np
@@ -300,7 +301,7 @@ def compile_model(model: keras.Model, config: TrainConfig, phase: str, steps_per
     peak = config.scaled_learning_rate(phase)
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
     total_steps = epochs * steps_per_epoch
-    schedule = keras.optimizers.schedules.CosineDecay(
+    schedule = StepCosineDecay(
         initial_learning_rate=0.0 if warmup_steps else peak,
         decay_steps=max(total_steps - warmup_steps, 1),
         warmup_target=peak if warmup_steps else None, warmup_steps=warmup_steps)
@@ -315,6 +316,28 @@ def compile_model(model: keras.Model, config: TrainConfig, phase: str, steps_per
     # tracing make TensorFlow trace the step twice, a second long wait at the
     # start of each phase.
     model.optimizer.build(model.trainable_variables)
+
+
+class StepCosineDecay(keras.optimizers.schedules.CosineDecay):
+    """Keras' CosineDecay, computed once per traced step.
+
+    Keras' weight decay asks for the learning rate once per variable
+    (`_apply_weight_decay` of keras/src/backend/tensorflow/optimizer.py):
+    about 320 copies of the schedule's ops in ResNet50's step, 4 of the 11 s
+    its tracing took here (docs/measurements.md). Within one graph the step
+    is one variable, read before the step updates it, so every copy has the
+    same value. Remove when the canary
+    `test_weight_decay_asks_for_the_learning_rate_once_per_variable` fails.
+    """
+
+    def __call__(self, step):
+        if tf.executing_eagerly():
+            return super().__call__(step)
+        graph = tf.compat.v1.get_default_graph()
+        traced = getattr(self, '_traced', None)
+        if traced is None or traced[0]() is not graph or traced[1] is not step:
+            self._traced = (weakref.ref(graph), step, super().__call__(step))
+        return self._traced[2]
 
 
 def make_optimizer(name: str, learning_rate, weight_decay: float) -> keras.optimizers.Optimizer:

@@ -9,15 +9,19 @@ r"""Throughput benchmarks, each against a baseline measured in the same run.
     python scripts/benchmark.py --suite=data_service --records_dir=records \
         --batch_size=256 --service_workers=2 --output_json=benchmark_service.json
 
-Prints a table and writes --output_json as {"results": [{"name": ...,
-"images_per_second": ..., "baseline": ..., "speedup": ...,
-"peak_resident_bytes": ...}, ...]}; the convert suite also prints the
-converter's peak resident memory against its floor's, each measured in a
-process of its own.
+Each entry runs --repeats times, in turns with the others: the table gives
+its median throughput, the range of its runs, and flags an entry whose runs
+differ by more than 10%. --output_json gets {"results": [{"name": ...,
+"images_per_second": ..., "runs": [seconds, ...], "spread": ..., "noisy": ...,
+"baseline": ..., "speedup": ..., "peak_resident_bytes": ...}, ...]}. The
+convert suite also prints the converter's peak resident memory against its
+floor's, each measured in a process of its own; the train suite adds
+"time_to_first_step_s" of the quick-start and CPU recipes.
 """
 
 import json
 import os
+import statistics
 
 from cifar_tfrecord import cli
 from cifar_tfrecord.config import BenchmarkConfig
@@ -40,18 +44,31 @@ def main(argv):
     else:
         results = benchmark.train_suite(config.records_dir, config.batch_size, config.image_size,
                                         config.steps, repeats=repeats)
-    print(f'{"name":<34} {"images/s":>10} {"seconds":>9}  vs baseline')
+    print(f'{"name":<34} {"images/s":>10} {"min-max":>17} {"seconds":>8}  vs baseline')
     for result in results:
         versus = (f'{result.speedup:.2f}x {result.baseline}' if result.baseline else 'baseline')
+        noisy = (f'  noisy: runs {result.spread:.0%} apart'
+                 if result.spread > benchmark.NOISY_SPREAD else '')
+        fastest, slowest = (result.images / seconds for seconds in (min(result.runs),
+                                                                    max(result.runs)))
         print(f'{result.name:<34} {result.images_per_second:>10,.0f} '
-              f'{result.seconds:>9.2f}  {versus}')
+              f'{slowest:>8,.0f}-{fastest:<8,.0f} {result.seconds:>8.2f}  {versus}{noisy}')
     summaries = {'convert': _print_memory_summary, 'input': _print_input_summary,
                  'train': _print_train_summary}
     if config.suite in summaries:
         summaries[config.suite](results)
+    report = {'results': [result.to_json() for result in results]}
+    if config.suite == 'train':
+        first_step = benchmark.time_to_first_step(config.records_dir, repeats)
+        for recipe, runs in first_step.items():
+            print(f'time to first step, recipes/{recipe}.flags: {statistics.median(runs):.1f} s '
+                  f'(median; {min(runs):.1f}-{max(runs):.1f} s), from the start of train.py')
+        report['time_to_first_step_s'] = {
+            recipe: {'median': round(statistics.median(runs), 2),
+                     'runs': [round(run, 2) for run in runs]} for recipe, runs in first_step.items()}
     if config.output_json:
         with open(config.output_json, 'w') as file:
-            json.dump({'results': [result.to_json() for result in results]}, file, indent=2)
+            json.dump(report, file, indent=2)
 
 
 def _print_memory_summary(results):

@@ -41,7 +41,8 @@ def test_shared_defaults_are_the_same_everywhere():
     assert InputConfig().batch_size == EvaluateConfig().batch_size == BenchmarkConfig().batch_size
 
 
-@pytest.mark.parametrize('suite, repeats', [('convert', 1), ('train', 3), ('input', 3)])
+@pytest.mark.parametrize('suite, repeats', [('convert', 3), ('train', 3), ('input', 5)])
 def test_each_benchmark_suite_has_its_runs_per_measurement(suite, repeats):
+    """Several runs each, so that the spread is measured; --repeats overrides."""
     assert BenchmarkConfig(suite=suite).runs_per_measurement() == repeats
-    assert BenchmarkConfig(suite=suite, repeats=5).runs_per_measurement() == 5
+    assert BenchmarkConfig(suite=suite, repeats=7).runs_per_measurement() == 7

@@ -249,3 +249,39 @@ def test_records_without_manifest_are_refused(tmp_path, capsys):
                       '--weights=none') == 1
     assert 'manifest.json not found' in capsys.readouterr().err
     assert not (tmp_path / 'run').exists()
+
+
+def test_the_schedule_is_computed_once_per_traced_step_with_keras_values():
+    calls = []
+    original = keras.optimizers.schedules.CosineDecay.__call__
+
+    def counted(self, step):
+        calls.append(step)
+        return original(self, step)
+
+    schedule = train.StepCosineDecay(0.0, decay_steps=90, warmup_target=0.4,
+                                     warmup_steps=10)
+    reference = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=90, warmup_target=0.4,
+                                                       warmup_steps=10)
+    for step in (0, 5, 10, 50, 100):  # Eagerly, each step as Keras computes it.
+        assert float(schedule(step)) == float(reference(step))
+    weights = [keras.Variable(np.ones(3, np.float32)) for _ in range(20)]
+    optimizer = keras.optimizers.SGD(schedule, weight_decay=0.1)
+    optimizer.build(weights)
+    expected_optimizer = keras.optimizers.SGD(reference, weight_decay=0.1)
+    expected_weights = [keras.Variable(np.ones(3, np.float32)) for _ in range(20)]
+    expected_optimizer.build(expected_weights)
+    keras.optimizers.schedules.CosineDecay.__call__ = counted
+    try:
+        step = tf.function(lambda: optimizer.apply([tf.ones(3)] * 20, weights))
+        for _ in range(12):
+            step()
+    finally:
+        keras.optimizers.schedules.CosineDecay.__call__ = original
+    assert len(calls) == 1  # Traced once, the schedule computed once in it.
+    expected_step = tf.function(lambda: expected_optimizer.apply([tf.ones(3)] * 20,
+                                                                  expected_weights))
+    for _ in range(12):
+        expected_step()
+    for weight, expected in zip(weights, expected_weights):
+        np.testing.assert_array_equal(weight.numpy(), expected.numpy())
