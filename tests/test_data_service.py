@@ -20,6 +20,7 @@ def _free_port() -> int:
     return launch.free_ports('localhost', 1)[0]
 
 
+@pytest.mark.slow
 def test_service_script_feeds_the_pipeline(sample_records):
     port = _free_port()
     service = subprocess.Popen(

@@ -188,6 +188,7 @@ def test_evaluate_refuses_to_overwrite_the_trainers_files(saved_run, capsys, out
 # scripts/predict.py.
 
 
+@pytest.mark.slow
 def test_predict_writes_the_final_models_submission_into_the_run(saved_run, capsys, monkeypatch):
     run = saved_run.path
     monkeypatch.setattr(progress, 'PROGRESS_SECONDS', 0.0)  # A progress line every batch.
@@ -237,6 +238,7 @@ def test_records_of_other_classes_are_refused(saved_run, renamed_class_records, 
     assert listing(run) == before
 
 
+@pytest.mark.slow
 def test_other_records_of_the_same_classes_warn_and_evaluate(saved_run, tmp_path, caplog):
     """Evaluated with a warning; written where told, and nothing in the run folder."""
     other_records = str(tmp_path / 'other_records')
@@ -369,6 +371,7 @@ def check_classified_rows(saved_run, model_file, rows):
         assert row['error'] == ''
 
 
+@pytest.mark.slow
 def test_predict_classifies_own_images_and_names_the_unreadable(saved_run, own_images, capsys):
     folder, broken = own_images
     run = saved_run.path
