@@ -1,20 +1,28 @@
-"""7z archives, streamed from a child process that runs py7zr.
+"""7z archives, streamed from a child process that decompresses them.
 
-py7zr holds the GIL most of the time: in a child it keeps one core busy while
-the converter decodes on another. The child writes frames to a pipe of their
-own, `kind` (one byte) and `length` (four bytes) then that many bytes of
-pickle: ENTRIES [(name, declared size), ...] before decompressing anything,
-FILES [(name, bytes), ...] repeatedly, then DONE None or ERROR 'what'. What it
-prints goes to an unlinked temporary file, read only to explain its death.
-It refuses an archive whose header declares more than its `Limits`, and an
-entry that grows past its limit whatever its header said; under RLIMIT_DATA,
-what no check foresaw ends in a MemoryError, reported, not in a machine out
-of memory.
+The child starts when `stream` is called, and decompresses on a thread of its
+own up to _AHEAD_FRAMES frames ahead of its reader: it works while the
+converter does something else (TensorFlow loads, the other set converts), on
+the other core. A folder whose coders are LZMA or LZMA2, alone or followed by
+x86 BCJ (7-Zip's default, and Kaggle's), is decoded by the standard library's
+lzma in a few large calls, and split by the header's sizes, CRC-32s checked;
+any other goes through py7zr, which takes longer, most of it holding the GIL.
+
+The child's frames go through a pipe of their own, `kind` (one byte) and
+`length` (four bytes) then that many bytes of pickle: ENTRIES [(name,
+declared size), ...] before decompressing anything, FILES [(name, bytes),
+...] repeatedly, then DONE None or ERROR 'what'. What it prints goes to an
+unlinked temporary file, read only to explain its death. It refuses an
+archive whose header declares more than its `Limits`, and an entry that
+grows past its limit whatever its header said; under RLIMIT_DATA, what no
+check foresaw ends in a MemoryError, reported, not in a machine out of memory.
 """
 
 import dataclasses
+import lzma
 import os
 import pickle
+import queue
 import resource
 import signal
 import struct
@@ -23,10 +31,12 @@ import sys
 import tempfile
 import threading
 import zipfile
+import zlib
 from typing import BinaryIO, Callable, Iterator
 
 import py7zr
 import py7zr.io
+from py7zr.properties import COMPRESSION_METHOD
 
 from cifar_tfrecord import errors
 from cifar_tfrecord import faults
@@ -34,12 +44,21 @@ from cifar_tfrecord import files
 from cifar_tfrecord.errors import UserInputError
 
 # Files travel in batches: one frame per file would cost more than the file.
-_BATCH = 256
+_BATCH = 1024
 _BATCH_BYTES = 4 << 20
+# Frames the child makes ahead of its reader: all of CIFAR-10's train set,
+# at most 320 MB of batches that reach _BATCH_BYTES.
+_AHEAD_FRAMES = 64
 _HEADER = struct.Struct('>BI')
 ENTRIES, FILES, DONE, ERROR = 1, 2, 3, 4
 # Any frame: a batch, or the listing of the most entries `Limits` allows.
 _MAX_FRAME_BYTES = 64 << 20
+# The coders lzma decodes alone, as 7z method ids and lzma filter ids: one of
+# these first, then at most one of the BCJ filters.
+_LZMA_CODERS = {COMPRESSION_METHOD.LZMA2: lzma.FILTER_LZMA2,
+                COMPRESSION_METHOD.LZMA: lzma.FILTER_LZMA1}
+_BCJ_CODERS = {COMPRESSION_METHOD.P7Z_BCJ: lzma.FILTER_X86}
+_READ_BYTES = 1 << 20  # Compressed bytes per read: few calls, and little memory.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +77,15 @@ def stream(path: str, member: str | None, location: str, limits: Limits,
     before anything is decompressed. Raises UserInputError naming `location`
     when the archive is corrupt or over its limits, or the child dies or
     sends garbage (a frame of an unknown kind, over _MAX_FRAME_BYTES, or not
-    a pickle)."""
+    a pickle). The child starts at once: closing the iterator, or dropping
+    it, kills it."""
+    files = _stream(path, member, location, limits, check_names)
+    next(files)  # Runs up to the child's start, inside the `finally` that kills it.
+    return files
+
+
+def _stream(path: str, member: str | None, location: str, limits: Limits,
+            check_names: Callable[[list[str]], None]) -> Iterator[tuple[str, bytes] | None]:
     read_end, write_end = os.pipe()
     # The child's own output, kept in case it dies; unlinked, so never left behind.
     with tempfile.TemporaryFile() as output, os.fdopen(read_end, 'rb') as frames:
@@ -69,6 +96,7 @@ def stream(path: str, member: str | None, location: str, limits: Limits,
         finally:
             os.close(write_end)  # Else the pipe never ends, even when the child dies.
         try:
+            yield None
             for kind, payload in _read_frames(frames, location):
                 if kind == ENTRIES:
                     check_names([name for name, _ in payload])
@@ -167,13 +195,13 @@ def _open(path: str, member: str) -> BinaryIO:
 
 
 class _Sender(py7zr.io.WriterFactory):
-    """Writes frames, and batches into them the files of the _Collectors it
-    makes for py7zr."""
+    """Queues frames for the child's main thread to write, and batches into
+    them the files of the _Collectors it makes for py7zr."""
 
-    def __init__(self, frames: BinaryIO, limits: Limits):
-        self._frames = frames
+    def __init__(self, limits: Limits):
         self._limits = limits
         self.declared = {}  # Entry name: size, as the header declares it.
+        self.frames = queue.Queue(_AHEAD_FRAMES)  # Each frame's bytes, then None.
         self._pending, self._pending_bytes = [], 0
         self._lock = threading.Lock()  # py7zr may extract folders in threads.
 
@@ -186,8 +214,7 @@ class _Sender(py7zr.io.WriterFactory):
         if len(data) > _MAX_FRAME_BYTES:
             raise _Refused(f'its listing takes {len(data):,} bytes, more than the '
                            f'{_MAX_FRAME_BYTES:,} this reader accepts')
-        self._frames.write(_HEADER.pack(kind, len(data)))
-        self._frames.write(data)
+        self.frames.put(_HEADER.pack(kind, len(data)) + data)
 
     def add_file(self, name: str, data: bytes) -> None:
         with self._lock:
@@ -202,14 +229,27 @@ class _Sender(py7zr.io.WriterFactory):
 
 
 def _serve(path: str, member: str, limits: Limits, frames: BinaryIO) -> None:
-    sender = _Sender(frames, limits)
+    """Writes the archive's frames, decompressed on another thread: writing
+    waits on the reader, decompressing only on the queue of frames ahead."""
+    sender = _Sender(limits)
+    threading.Thread(target=_decompress, args=(path, member, limits, sender),
+                     daemon=True).start()  # Daemon: a reader gone ends the process.
+    for frame in iter(sender.frames.get, None):
+        frames.write(frame)
+
+
+def _decompress(path: str, member: str, limits: Limits, sender: _Sender) -> None:
     try:
         with py7zr.SevenZipFile(_open(path, member)) as archive:
             entries = [(entry.filename, entry.uncompressed or 0) for entry in archive.list()]
             _check_declared(entries, limits)
             sender.send(ENTRIES, entries)
             sender.declared = dict(entries)
-            archive.extractall(factory=sender)
+            chains = _lzma_chains(archive.header.main_streams)
+            if chains is None:
+                archive.extractall(factory=sender)
+            else:
+                _decode_lzma(archive, chains, sender)
         sender.flush_files()
     except _Refused as error:
         sender.send(ERROR, str(error))
@@ -220,6 +260,77 @@ def _serve(path: str, member: str, limits: Limits, frames: BinaryIO) -> None:
         sender.send(ERROR, f'not a valid 7z archive ({errors.describe(error)})')
     else:
         sender.send(DONE, None)
+    finally:
+        sender.frames.put(None)
+
+
+def _lzma_chains(streams) -> list[list[dict]] | None:
+    """Each folder's filters for lzma, when every folder is one packed stream
+    through coders that lzma decodes alone (see _LZMA_CODERS); else None."""
+    if streams is None:  # Empty files alone.
+        return None
+    chains = [_lzma_chain(folder) for folder in streams.unpackinfo.folders]
+    return None if streams.packinfo.numstreams != len(chains) or None in chains else chains
+
+
+def _lzma_chain(folder) -> list[dict] | None:
+    coders = folder.coders
+    # A chain: the packed stream into coder 0, each coder's output into the next.
+    chained = (folder.packed_indices == [0] and all(map(folder.is_simple, coders))
+               and [(bond.incoder, bond.outcoder) for bond in folder.bindpairs]
+               == [(index + 1, index) for index in range(len(coders) - 1)])
+    if (not chained or len(coders) > 2 or coders[0]['method'] not in _LZMA_CODERS
+            or any(coder['method'] not in _BCJ_CODERS or coder['properties']
+                   for coder in coders[1:])):
+        return None
+    # lzma lists filters in the order they encode: the reverse of 7z's.
+    return [{'id': _BCJ_CODERS[coder['method']]} for coder in coders[1:]] + [
+        lzma._decode_filter_properties(_LZMA_CODERS[coders[0]['method']],
+                                       coders[0]['properties'] or b'')]
+
+
+def _decode_lzma(archive: py7zr.SevenZipFile, chains: list[list[dict]], sender: _Sender) -> None:
+    """Decodes each folder's solid stream and splits it by the header's sizes,
+    in folder order, checking each file's CRC-32 where the header has one."""
+    for entry in archive.files:
+        if entry.emptystream and not entry.is_directory:
+            sender.add_file(entry.filename, b'')
+    streams = archive.header.main_streams
+    packinfo = streams.packinfo
+    for index, (folder, chain) in enumerate(zip(streams.unpackinfo.folders, chains)):
+        start = archive.afterheader + packinfo.packpos + packinfo.packpositions[index]
+        read = _decoded(archive.fp, start, packinfo.packsizes[index], chain)
+        for entry in folder.files or ():
+            collector = sender.create(entry.filename)
+            # A byte over its limit at most, whatever its header says: the collector refuses it.
+            data = read(min(entry.uncompressed, collector.limit + 1))
+            collector.write(data)
+            if entry.crc32 is not None and zlib.crc32(data) != entry.crc32:
+                raise py7zr.Bad7zFile(f'entry {entry.filename!r} fails its CRC-32 check')
+            collector.close()
+
+
+def _decoded(file: BinaryIO, start: int, packed_bytes: int,
+             filters: list[dict]) -> Callable[[int], bytes]:
+    """The reader of a folder's stream: each call, its next `size` bytes
+    decoded, and no more."""
+    decompressor = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)
+    file.seek(start)
+    unread = packed_bytes
+
+    def read(size: int) -> bytes:
+        nonlocal unread
+        data = b''
+        while len(data) < size:
+            packed = b''
+            if decompressor.needs_input:
+                packed = file.read(min(unread, _READ_BYTES))
+                unread -= len(packed)
+                if not packed:
+                    raise EOFError('its compressed data ends before its files do')
+            data += decompressor.decompress(packed, size - len(data))
+        return data
+    return read
 
 
 def _main(arguments: list[str]) -> None:

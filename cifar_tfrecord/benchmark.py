@@ -127,14 +127,13 @@ def convert_suite(data_dir: str, repeats: int = 1) -> list[Result]:
                     zip_path, work_dir, images, repeats)
 
 
-# Run by `python -c`, with the zip (and the output folder) as arguments.
+# Run by `python -c`, with the zip as its argument.
 _DECOMPRESS_PROGRAM = (
     'import sys; from cifar_tfrecord import benchmark, convert; '
     'benchmark._decompress(sys.argv[1])')
-_CONVERT_PROGRAM = (
-    'import sys; from cifar_tfrecord import convert; '
-    'from cifar_tfrecord.config import ConvertConfig; '
-    "convert.convert(ConvertConfig(source='dir', data_dir=sys.argv[1], output_dir=sys.argv[2]))")
+# What users run, whose source starts decompressing before TensorFlow loads.
+_CONVERT_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               'scripts', 'convert.py')
 
 
 def _memory_results(zip_path: str, work_dir: str, images: int, repeats: int) -> list[Result]:
@@ -147,7 +146,8 @@ def _memory_results(zip_path: str, work_dir: str, images: int, repeats: int) -> 
             [sys.executable, '-c', _DECOMPRESS_PROGRAM, zip_path], check=True))
         shutil.rmtree(output_dir, ignore_errors=True)
         convert_runs.append(run_measuring_memory(
-            [sys.executable, '-c', _CONVERT_PROGRAM, zip_path, output_dir], check=True))
+            [sys.executable, _CONVERT_SCRIPT, '--source=dir', f'--data_dir={zip_path}',
+             f'--output_dir={output_dir}'], check=True))
     # The largest peak: the one to plan for.
     floor = Result('decompress_7z_process', images, tuple(run.seconds for run in floor_runs),
                    peak_resident_bytes=max(run.peak_resident_bytes for run in floor_runs))

@@ -27,7 +27,6 @@ from cifar_tfrecord import faults
 from cifar_tfrecord import files
 from cifar_tfrecord import records
 from cifar_tfrecord.progress import Progress
-from cifar_tfrecord import sample
 from cifar_tfrecord import sources
 from cifar_tfrecord.config import ConvertConfig
 from cifar_tfrecord.errors import UserInputError
@@ -58,12 +57,13 @@ class LoadedSet:
     records: list[bytes]    # serialized tf.train.Examples
 
 
-def convert(config: ConvertConfig) -> records.Manifest:
-    """Converts the configured source into `config.output_dir`. A rerun with
-    the same input and flags returns the existing manifest at once; records
-    made from other input or flags are replaced only with `overwrite`."""
+def convert(config: ConvertConfig, source=None) -> records.Manifest:
+    """Converts the configured source (`source`, when made already: see
+    sources.make_source) into `config.output_dir`. A rerun with the same
+    input and flags returns the existing manifest at once; records made from
+    other input or flags are replaced only with `overwrite`."""
     config.validate()
-    source = make_source(config)
+    source = source or sources.make_source(config)
     output_dir = config.output_dir
     provenance = {'source': source.fingerprint(), 'options': {
         'encoding': config.encoding, 'validation_fraction': config.validation_fraction,
@@ -104,32 +104,6 @@ def convert(config: ConvertConfig) -> records.Manifest:
         raise
     finally:
         hasher.shutdown()
-
-
-def make_source(config: ConvertConfig):
-    """The source named by `--source`, with 'auto' resolved and logged."""
-    name = _resolve_auto(config) if config.source == 'auto' else config.source
-    if name == 'dir':
-        return sources.KaggleLayout(config.data_dir)
-    if name == 'kaggle':
-        return sources.KaggleLayout(sources.download_competition(config.download_dir))
-    if name == 'tfds':
-        return sources.TfdsSource(config.tfds_data_dir)
-    return sample.SampleSource(
-        config.sample_images_per_class, config.sample_test_images, config.seed)
-
-
-def _resolve_auto(config: ConvertConfig) -> str:
-    if config.data_dir:
-        return 'dir'
-    if (files.exists(os.path.join(config.download_dir, sources.COMPETITION_ZIP))
-            or sources.kaggle_credentials_found()):
-        return 'kaggle'
-    logging.warning(
-        'No --data_dir, no %s in %s and no Kaggle credentials: converting the '
-        'generated offline sample (--source=sample), not CIFAR-10. See the README '
-        'for the real data.', sources.COMPETITION_ZIP, config.download_dir)
-    return 'sample'
 
 
 def load_set(batches: Iterable[sources.SourceBatch], encoding: str,

@@ -1,7 +1,9 @@
 """Where CIFAR-10 comes from: Kaggle (downloaded, or a folder or zip),
 tensorflow-datasets, or the generated offline sample (sample.py). Every
 source yields Kaggle's sets, 'train' and 'test', in SourceBatch columns,
-which cost less Python per image than one object each.
+which cost less Python per image than one object each. This module loads no
+TensorFlow (records, sample and tfds are imported where used): a script
+makes its source, and starts its archives decompressing, before TF loads.
 """
 
 import collections
@@ -18,11 +20,12 @@ from stat import S_ISDIR
 from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
+from absl import logging
 
 from cifar_tfrecord import archive
 from cifar_tfrecord import errors
 from cifar_tfrecord import files
-from cifar_tfrecord import records
+from cifar_tfrecord.config import ConvertConfig
 from cifar_tfrecord.errors import UserInputError
 
 KAGGLE_SETS = ('train', 'test')
@@ -67,6 +70,8 @@ class KaggleLayout:
 
     def __init__(self, path: str):
         self.path = path
+        self._streams = {}  # Kaggle set: its 7z archive's entries, decompressing since `start`.
+        self._listed = {}  # Kaggle set: the images its 7z archive lists.
         self._files = _open_container(path)
         self._extracted = not self._files.exists('train.7z')
         if self._extracted and not self._files.isdir('train'):
@@ -87,6 +92,13 @@ class KaggleLayout:
         return {'kind': 'kaggle_layout', 'path': os.path.abspath(self.path),
                 'files': self._files.fingerprint()}
 
+    def start(self) -> None:
+        """Starts every set's 7z archive decompressing, each in a process of
+        its own, ahead of `batches`: while TensorFlow loads, and while the
+        train set converts, the other core decompresses."""
+        if not self._extracted:
+            self._streams = {kaggle_set: self._stream_7z(kaggle_set) for kaggle_set in self.sets}
+
     def batches(self, kaggle_set: str, batch_size: int) -> Iterator[SourceBatch]:
         labels = None
         counted = []  # The set's size, for progress: the CSV's rows, or its listing's.
@@ -95,12 +107,12 @@ class KaggleLayout:
             labels = read_labels(csv_bytes, os.path.join(self.path, LABELS_CSV))
             counted.append(len(labels))
         named = (self._files.read_folder(kaggle_set, counted.append) if self._extracted
-                 else self._stream_7z(f'{kaggle_set}.7z', counted.append))
+                 else self._streams.pop(kaggle_set, None) or self._stream_7z(kaggle_set))
         return _batches(named, labels, batch_size, os.path.join(self.path, kaggle_set),
-                        lambda: counted[0] if counted else None)
+                        lambda: counted[0] if counted else self._listed.get(kaggle_set))
 
-    def _stream_7z(self, name: str, on_count: Callable[[int], None]
-                   ) -> Iterator[tuple[str, bytes]]:
+    def _stream_7z(self, kaggle_set: str) -> Iterator[tuple[str, bytes]]:
+        name = f'{kaggle_set}.7z'
         location = os.path.join(self.path, name)
         _check_size(location, self._files.sizes[name], MAX_SET_BYTES, 'a set\'s 7z archive')
 
@@ -108,7 +120,7 @@ class KaggleLayout:
             for entry in names:
                 check_member_name(entry, location)
             _check_unique_names(names, location)
-            on_count(sum(map(_is_image, names)))
+            self._listed[kaggle_set] = sum(map(_is_image, names))
 
         path, member = (self._files.path, name) if self._files.zip_file else (location, None)
         return archive.stream(path, member, location, _ARCHIVE_LIMITS, check_names)
@@ -117,6 +129,7 @@ class KaggleLayout:
 def read_labels(data: bytes, location: str) -> dict[str, int]:
     """`trainLabels.csv` (`id,label`, a class name) as id -> class index. A
     spreadsheet's habits are read: a byte order mark, CRLF, quotes, spaces."""
+    from cifar_tfrecord import records  # Loads TensorFlow, by then loaded.
     class_index = {name: index for index, name in enumerate(records.CLASS_NAMES)}
     rows = csv.reader(io.StringIO(_decode_utf8(data, location)), skipinitialspace=True,
                       strict=True)
@@ -224,6 +237,7 @@ def _is_image(name: str) -> bool:
 
 
 def _labels_of(ids: list[str], labels: dict[str, int] | None, location: str) -> np.ndarray:
+    from cifar_tfrecord import records  # Loads TensorFlow, by then loaded.
     if labels is None:
         return np.full(len(ids), records.UNKNOWN_LABEL, np.int64)
     try:
@@ -485,3 +499,32 @@ class TfdsSource:
         for batch in dataset.batch(batch_size).as_numpy_iterator():
             yield SourceBatch([image_id.decode() for image_id in batch['id']], batch['image'],
                               batch['label'].astype(np.int64), total if total >= 0 else None)
+
+
+def make_source(config: ConvertConfig):
+    """The source named by `--source`, with 'auto' resolved and logged; a
+    Kaggle layout's archives start decompressing (KaggleLayout.start)."""
+    name = _resolve_auto(config) if config.source == 'auto' else config.source
+    if name in ('dir', 'kaggle'):
+        layout = KaggleLayout(config.data_dir if name == 'dir'
+                              else download_competition(config.download_dir))
+        layout.start()
+        return layout
+    if name == 'tfds':
+        return TfdsSource(config.tfds_data_dir)
+    from cifar_tfrecord import sample  # Loads TensorFlow.
+    return sample.SampleSource(
+        config.sample_images_per_class, config.sample_test_images, config.seed)
+
+
+def _resolve_auto(config: ConvertConfig) -> str:
+    if config.data_dir:
+        return 'dir'
+    if (files.exists(os.path.join(config.download_dir, COMPETITION_ZIP))
+            or kaggle_credentials_found()):
+        return 'kaggle'
+    logging.warning(
+        'No --data_dir, no %s in %s and no Kaggle credentials: converting the '
+        'generated offline sample (--source=sample), not CIFAR-10. See the README '
+        'for the real data.', COMPETITION_ZIP, config.download_dir)
+    return 'sample'

@@ -11,6 +11,7 @@ shards for train, validation and test, then manifest.json.
 """
 
 from cifar_tfrecord import cli
+from cifar_tfrecord import sources
 from cifar_tfrecord.config import ConvertConfig
 
 cli.define_flags(ConvertConfig)
@@ -19,6 +20,9 @@ cli.define_flags(ConvertConfig)
 def main(argv):
     cli.no_arguments(argv)
     config = cli.config_from_flags(ConvertConfig)
+    # Made before TensorFlow loads, which takes seconds: the source's 7z
+    # archives decompress meanwhile, in processes of their own.
+    source = None if config.verify else sources.make_source(config)
     # Loads TensorFlow: after cli.run has quietened it.
     from cifar_tfrecord import convert, records
     if config.verify:
@@ -26,7 +30,7 @@ def main(argv):
         print(f'{config.output_dir}: verified ' + ', '.join(
             f'{split} {count} records' for split, count in counts.items()))
         return
-    manifest = convert.convert(config)
+    manifest = convert.convert(config, source)
     print(f'{config.output_dir}: ' + ', '.join(
         f'{name} {split.num_examples} images in {len(split.shards)} shards'
         for name, split in manifest.splits.items()))

@@ -1,4 +1,5 @@
-"""The 7z reader: its limits, and its protocol with the child process.
+"""The 7z reader: its limits, its decoding by lzma, and its protocol with
+the child process.
 
 The child is replaced here by small Python programs (through
 `archive._child_command`) that die, send garbage, or print on their own
@@ -9,9 +10,13 @@ the archive, or, for the printing child, every file intact.
 import io
 import os
 import re
+import struct
 import sys
 import textwrap
+import zlib
 
+import py7zr
+import py7zr.io
 import pytest
 
 from cifar_tfrecord import archive
@@ -80,21 +85,166 @@ def test_an_entry_growing_past_its_limit_is_stopped_whatever_its_header_declares
     assert not completed
 
 
-def test_the_child_stops_a_growing_entry_even_unchecked_before(small_7z, monkeypatch):
-    """The guard while decompressing, on py7zr's real writes: with the check
-    of declared sizes switched off, as if the header had declared less, an
-    entry over the limit is still stopped, and reported in an ERROR frame."""
+@pytest.mark.parametrize('filters, decoded', [
+    (None, '101'),  # py7zr's default, LZMA2 after BCJ: decoded by lzma, a byte past the limit.
+    ([{'id': py7zr.FILTER_BZIP2}], r'[\d,]+'),  # Extracted by py7zr.
+])
+def test_the_child_stops_a_growing_entry_even_unchecked_before(small_sample, tmp_path,
+                                                                monkeypatch, filters, decoded):
+    """The guard while decompressing, on py7zr's real writes or lzma's: with
+    the check of declared sizes switched off, as if the header had declared
+    less, an entry over the limit is still stopped, and reported in an ERROR
+    frame; lzma decodes no more than a byte past the limit."""
     monkeypatch.setattr(archive, '_check_declared', lambda entries, limits: None)
-    frames = io.BytesIO()
+    path = _write_7z(tmp_path, _sample_files(small_sample), filters)
     limits = archive.Limits(entry_bytes=100, entries=1000, total_bytes=1 << 26,
                             memory_bytes=1 << 30)
-    archive._serve(small_7z[0], '', limits, frames)
-    frames.seek(0)
-    kinds_and_payloads = list(archive._read_frames(frames, _LOCATION))
+    kinds_and_payloads = _served(path, limits)
     assert [kind for kind, _ in kinds_and_payloads] == [archive.ENTRIES, archive.ERROR]
     assert re.fullmatch(
         r"entry 'train/\d+\.png' decompresses to more than the 100 bytes a 32x32 PNG may take "
-        r'\(at least [\d,]+\), though its header declares [\d,]+', kinds_and_payloads[-1][1])
+        rf'\(at least {decoded}\), though its header declares [\d,]+', kinds_and_payloads[-1][1])
+
+
+# ----------------------------------------------------------------------------
+# The standard library's lzma decodes what it can, py7zr the rest.
+
+
+def _sample_files(small_sample) -> dict[str, bytes]:
+    """The small sample's train PNGs, with an empty file and a text file."""
+    files = {f'train/{image_id}.png': png for image_id, png in small_sample[0].items()}
+    return {**files, 'train/empty.png': b'', 'train/notes.txt': b'not an image\n' * 50}
+
+
+def _write_7z(tmp_path, files: dict[str, bytes], filters: list[dict] | None = None,
+              encoded_header: bool = True) -> str:
+    path = tmp_path / 'train.7z'
+    with py7zr.SevenZipFile(path, 'w', filters=filters) as seven_zip:
+        seven_zip.set_encoded_header_mode(encoded_header)
+        for name, data in files.items():
+            seven_zip.writestr(data, name)
+    return str(path)
+
+
+def _served(path: str, limits: archive.Limits = _LIMITS) -> list[tuple[int, object]]:
+    """The frames of the real child's work, done in this process."""
+    frames = io.BytesIO()
+    archive._serve(path, '', limits, frames)
+    frames.seek(0)
+    return list(archive._read_frames(frames, _LOCATION))
+
+
+def _extracted_by_py7zr(path: str) -> dict[str, bytes]:
+    factory = py7zr.io.BytesIOFactory(1 << 20)
+    with py7zr.SevenZipFile(path) as seven_zip:
+        seven_zip.extractall(factory=factory)
+    return {name: product.read() for name, product in factory.products.items()}
+
+
+def _refuse(*arguments, **keywords):
+    raise AssertionError('the other decoder was used')
+
+
+@pytest.mark.parametrize('filters', [
+    None,  # py7zr's default, and Kaggle's: LZMA2 after x86 BCJ.
+    [{'id': py7zr.FILTER_LZMA2, 'preset': 6}],
+    [{'id': py7zr.FILTER_LZMA, 'preset': 6}],
+])
+def test_lzma_decodes_what_py7zr_extracts_file_by_file(small_sample, tmp_path, monkeypatch,
+                                                         filters):
+    path = _write_7z(tmp_path, _sample_files(small_sample), filters)
+    expected = _extracted_by_py7zr(path)
+    assert expected == _sample_files(small_sample)
+    monkeypatch.setattr(py7zr.SevenZipFile, 'extractall', _refuse)
+    assert _stream(path) == expected
+    frames = _served(path)
+    received = dict(item for kind, payload in frames if kind == archive.FILES for item in payload)
+    assert received == expected
+    assert frames[-1] == (archive.DONE, None)
+
+
+@pytest.mark.parametrize('filters', [
+    [{'id': py7zr.FILTER_BZIP2}],
+    [{'id': py7zr.FILTER_DELTA}, {'id': py7zr.FILTER_LZMA2, 'preset': 6}],
+    [{'id': py7zr.FILTER_ARM}, {'id': py7zr.FILTER_LZMA2, 'preset': 6}],
+])
+def test_other_coders_are_extracted_by_py7zr(small_sample, tmp_path, monkeypatch, filters):
+    path = _write_7z(tmp_path, _sample_files(small_sample), filters)
+    monkeypatch.setattr(archive, '_decode_lzma', _refuse)
+    assert dict(item for kind, payload in _served(path) if kind == archive.FILES
+                for item in payload) == _sample_files(small_sample)
+
+
+def _packed_region(data: bytes) -> tuple[int, int]:
+    """Where a 7z's packed streams are: from after its signature header to its header."""
+    header_offset, = struct.unpack_from('<Q', data, 12)
+    return 32, 32 + header_offset
+
+
+def test_a_corrupt_stream_is_not_a_valid_7z_archive(small_sample, tmp_path):
+    path = _write_7z(tmp_path, _sample_files(small_sample))
+    data = bytearray(open(path, 'rb').read())
+    start, end = _packed_region(data)
+    middle = (start + end) // 2
+    data[middle:middle + 64] = bytes(byte ^ 0x55 for byte in data[middle:middle + 64])
+    open(path, 'wb').write(data)
+    with pytest.raises(UserInputError,
+                       match=f'^{_LOCATION}: not a valid 7z archive \\((LZMAError|Bad7zFile): '):
+        _stream(path)
+
+
+def test_a_stream_that_ends_early_is_not_a_valid_7z_archive(small_sample, tmp_path,
+                                                            monkeypatch):
+    """As if the packed stream were cut in half, its header as it was."""
+    path = _write_7z(tmp_path, _sample_files(small_sample))
+    decoded = archive._decoded
+    monkeypatch.setattr(archive, '_decoded', lambda file, start, packed_bytes, filters:
+                        decoded(file, start, packed_bytes // 2, filters))
+    assert _served(path)[-1] == (archive.ERROR, 'not a valid 7z archive (EOFError: its '
+                                 'compressed data ends before its files do)')
+
+
+def test_a_file_whose_crc_is_wrong_is_refused(small_sample, tmp_path):
+    files = _sample_files(small_sample)
+    name, png = next(iter(files.items()))
+    path = _write_7z(tmp_path, files, encoded_header=False)
+    data = bytearray(open(path, 'rb').read())
+    _, header_start = _packed_region(data)
+    crc = struct.pack('<I', zlib.crc32(png))
+    assert data.count(crc, header_start) == 1
+    at = data.index(crc, header_start)
+    data[at:at + 4] = struct.pack('<I', zlib.crc32(png) ^ 1)
+    # The header's own CRC, and the signature header's, made right again.
+    struct.pack_into('<I', data, 28, zlib.crc32(data[header_start:]))
+    struct.pack_into('<I', data, 8, zlib.crc32(data[12:32]))
+    open(path, 'wb').write(data)
+    with pytest.raises(UserInputError, match=re.escape(
+            f"{_LOCATION}: not a valid 7z archive (Bad7zFile: entry '{name}' fails its CRC-32 "
+            'check)')):
+        _stream(path)
+
+
+def _children() -> set[int]:
+    """The processes this one started that are still running."""
+    children = set()
+    for entry in os.listdir('/proc'):
+        try:
+            with open(f'/proc/{entry}/stat') as stat:
+                fields = stat.read().rsplit(')', 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != 'Z':
+            children.add(int(entry))
+    return children
+
+
+def test_the_child_starts_at_once_and_dies_with_its_stream(small_7z):
+    before = _children()
+    files = archive.stream(small_7z[0], None, _LOCATION, _LIMITS, lambda names: None)
+    started = _children() - before
+    assert len(started) == 1
+    files.close()
+    assert not started & _children()
 
 
 # ----------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """Sources: Kaggle's layouts, the Kaggle download, tensorflow-datasets."""
 
 import os
+import subprocess
+import sys
+import textwrap
 import zipfile
 
 import numpy as np
@@ -49,6 +52,29 @@ def _extracted(folder, small_sample):
             (folder / name / f'{image_id}.png').write_bytes(png)
     (folder / sources.LABELS_CSV).write_text(sample.labels_csv(labels))
     return folder
+
+
+# Run by `python -c` with a Kaggle zip's folder: a script's steps before TensorFlow loads.
+_STARTED_BEFORE_TENSORFLOW = """
+    import sys
+    from cifar_tfrecord import sources
+    from cifar_tfrecord.config import ConvertConfig
+    source = sources.make_source(ConvertConfig(source='dir', data_dir=sys.argv[1]))
+    assert 'tensorflow' not in sys.modules, 'TensorFlow loaded before the archives started'
+    started = {kaggle_set: stream.gi_frame.f_locals['child'].poll()
+               for kaggle_set, stream in source._streams.items()}
+    assert started == {'train': None, 'test': None}, started  # Each child running.
+    print(sum(len(batch.ids) for kaggle_set in source.sets
+              for batch in source.batches(kaggle_set, 7)))
+"""
+
+
+def test_the_archives_decompress_before_tensorflow_loads(kaggle_zip, small_sample):
+    finished = subprocess.run([sys.executable, '-c', textwrap.dedent(_STARTED_BEFORE_TENSORFLOW),
+                               str(kaggle_zip)], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    train, _, test = small_sample
+    assert int(finished.stdout) == len(train) + len(test)
 
 
 @pytest.mark.parametrize('change', ['modification time', 'size'])
