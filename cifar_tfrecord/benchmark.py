@@ -353,15 +353,18 @@ def _stage_breakdown(config: InputConfig, manifest: records.Manifest, epochs: in
     def endless(**changes):
         """Training batches of `config` with `changes`, epoch after epoch."""
         changed = dataclasses.replace(config, **changes)
-        split = pipeline.cached(pipeline.whole(pipeline.read(paths), manifest.encoding), '')
+        split = pipeline.cached(pipeline.whole(paths, manifest.encoding), '')
         return tf.data.Dataset.counter().flat_map(
             lambda epoch: pipeline.epoch_batches(split, changed, epoch, config.batch_size,
                                                  steps)).prefetch(pipeline.AUTOTUNE)
 
-    read = pipeline.read(paths)
-    return {'stage_1_read': _warm(read.batch(config.batch_size).repeat(),
-                                  epochs * -(-count // config.batch_size)),
-            'stage_2_parse_decode': _warm(pipeline.whole(read, manifest.encoding).repeat(), epochs),
+    # Each shard's records in one batch, as `pipeline.whole` reads them.
+    read = tf.data.Dataset.from_tensor_slices(paths).interleave(
+        lambda path: tf.data.TFRecordDataset(path).batch(count),
+        num_parallel_calls=pipeline.AUTOTUNE)
+    return {'stage_1_read': _warm(read.repeat(), epochs * len(paths)),
+            'stage_2_parse_decode': _warm(pipeline.whole(paths, manifest.encoding).repeat(),
+                                          epochs),
             'stage_3_cache_shuffle_batch': _warm(endless(upsample_on='device'), epochs * steps),
             'stage_4_augment': _warm(endless(upsample_on='device', augment=True), epochs * steps),
             'stage_5_normalize_one_hot': _warm(endless(augment=True), epochs * steps),

@@ -1,7 +1,7 @@
 """The tf.data input pipeline: TFRecord shards to training batches.
 
-    shards (manifest) -> read (interleave) -> parse (vectorized) -> cache
-    -> for each epoch: shuffle (images) -> batch -> augment
+    shards (manifest) -> read and parse each shard whole, in parallel -> join
+    -> cache -> for each epoch: shuffle (images) -> batch -> augment
     -> normalize, one-hot, upsample -> prefetch
 
 Each stage is a small pure function; `make_dataset` chains them and returns
@@ -144,7 +144,7 @@ def make_dataset(config: InputConfig, split: str, training: bool,
     paths = checked_shard_paths(config, split, manifest)
     if not training:
         # Every input pipeline evaluates the whole split (`_evaluation_batches`).
-        split_tensors = cached(whole(read(paths), manifest.encoding),
+        split_tensors = cached(whole(paths, manifest.encoding),
                                cache_path(config.cache, manifest, split, input_context))
         return _evaluation_batches(split_tensors, config, count, input_context), count
     steps_per_epoch = steps_per_epoch or count // config.batch_size
@@ -156,10 +156,10 @@ def make_dataset(config: InputConfig, split: str, training: bool,
         # in its own memory whatever --cache says: a cache file would be
         # written by every service worker at once, on hosts that may not see
         # the path.
-        split_tensors = cached(whole(read(paths), manifest.encoding), '')
+        split_tensors = cached(whole(paths, manifest.encoding), '')
         replicas = input_context.num_replicas_in_sync if input_context else 1
     else:
-        split_tensors = cached(whole(read(paths, input_context), manifest.encoding),
+        split_tensors = cached(whole(paths, manifest.encoding, input_context),
                                cache_path(config.cache, manifest, split, input_context))
     dataset = epoch_range.flat_map(lambda epoch: epoch_batches(
         split_tensors, config, epoch, batch_size, replicas * steps_per_epoch))
@@ -295,38 +295,36 @@ def _evaluation_batches(split_tensors, config, count, input_context):
     return split_tensors.flat_map(batches)
 
 
-def whole(serialized: tf.data.Dataset, encoding: str) -> tf.data.Dataset:
-    """Serialized records to one element: all their (uint8 images, int64 labels).
+def whole(paths: list[str], encoding: str,
+          input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """The split's records, this worker's part, as one element: all their
+    (uint8 images, int64 labels).
 
-    One parse of the whole split: faster than parsing it in parallel parts
-    and joining them image by image (docs/measurements.md). The one element
-    is what the cache holds, and what each epoch gathers its batches from.
+    Each shard is parsed whole, the shards in parallel, and joined in shard
+    order: faster than parsing the records one by one, or all at once after
+    reading them all (docs/measurements.md). Always in the same order: the
+    converter spread the records over the shards at random already, and each
+    epoch shuffles them (`epoch_batches`). The one element is what the cache
+    holds, and what each epoch gathers its batches from.
     """
-    return serialized.batch(_WHOLE).map(lambda batch: parse(batch, encoding))
-
-
-def read(paths: list[str],
-         input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-    """Serialized records from the shards, this worker's part only.
-
-    Always in the same order: the converter already spread the records over
-    the shards at random, and each epoch shuffles them (`epoch_batches`).
-    """
-    files = tf.data.Dataset.from_tensor_slices(paths)
     workers = input_context.num_input_pipelines if input_context else 1
-    shard_by_file = workers > 1 and len(paths) >= workers
-    if shard_by_file:
-        files = files.shard(workers, input_context.input_pipeline_id)
-    dataset = files.interleave(
-        tf.data.TFRecordDataset, cycle_length=min(len(paths), 16),
-        num_parallel_calls=AUTOTUNE, deterministic=True)
+    files = tf.data.Dataset.from_tensor_slices(paths)
     if workers > 1:
-        if not shard_by_file:
-            dataset = dataset.shard(workers, input_context.input_pipeline_id)
-        logging.info('Input pipeline %d of %d reads %s.', input_context.input_pipeline_id,
-                     workers, 'its own shard files' if shard_by_file
-                     else f'every {workers}th record ({len(paths)} files are too few to split)')
-    return dataset
+        worker = input_context.input_pipeline_id
+        if len(paths) < workers:
+            logging.info('Input pipeline %d of %d reads every %dth record (%d files are too '
+                         'few to split).', worker, workers, workers, len(paths))
+            return tf.data.TFRecordDataset(paths).shard(workers, worker).batch(_WHOLE).map(
+                lambda serialized: parse(serialized, encoding))
+        logging.info('Input pipeline %d of %d reads its own shard files.', worker, workers)
+        files = files.shard(workers, worker)
+    # An empty shard gives no element; every other, one: its records.
+    shards = files.interleave(lambda path: tf.data.TFRecordDataset(path).batch(_WHOLE),
+                              num_parallel_calls=AUTOTUNE, deterministic=True)
+    parsed = shards.map(lambda serialized: parse(serialized, encoding),
+                        num_parallel_calls=AUTOTUNE, deterministic=True)
+    return parsed.ragged_batch(len(paths)).map(
+        lambda images, labels: (images.flat_values, labels.flat_values))
 
 
 def cache_path(cache: str, manifest: records.Manifest, split: str,
