@@ -31,11 +31,17 @@ from cifar_tfrecord.config import ConvertConfig
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices('CPU')[0],
     [tf.config.LogicalDeviceConfiguration()] * 2)
-# With several test processes, each runs its ops on one thread: the cores are
-# shared out between the processes, not fought over by both (a test's wall
-# time would otherwise swing from 3 to 35 s with what the other one runs).
-if int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1')) > 1:
-    tf.config.threading.set_intra_op_parallelism_threads(1)
+
+
+def pytest_configure(config):
+    # In the fast tier's several processes, each runs its ops on one thread:
+    # the cores are shared out, not fought over (a test's wall time swung
+    # from 3 to 35 s with what the other process ran). The slow tests train
+    # for minutes, mostly tracing on one core: they keep TensorFlow's threads.
+    if (int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1')) > 1
+            and config.getoption('markexpr') == 'not slow'):
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPOSITORY, 'scripts')
