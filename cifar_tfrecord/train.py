@@ -21,7 +21,6 @@ file system).
 import dataclasses
 import hashlib
 import platform
-import weakref
 
 import keras
 import numpy as np
@@ -33,6 +32,7 @@ from cifar_tfrecord import distributed
 from cifar_tfrecord import evaluate
 from cifar_tfrecord import files
 from cifar_tfrecord import model as model_lib
+from cifar_tfrecord import optimizers
 from cifar_tfrecord import pipeline
 from cifar_tfrecord import records
 from cifar_tfrecord import run_folder
@@ -301,12 +301,12 @@ def compile_model(model: keras.Model, config: TrainConfig, phase: str, steps_per
     peak = config.scaled_learning_rate(phase)
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
     total_steps = epochs * steps_per_epoch
-    schedule = StepCosineDecay(
+    schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup_steps else peak,
         decay_steps=max(total_steps - warmup_steps, 1),
         warmup_target=peak if warmup_steps else None, warmup_steps=warmup_steps)
     model.compile(
-        optimizer=make_optimizer(config.optimizer, schedule, config.weight_decay),
+        optimizer=optimizers.make_optimizer(config.optimizer, schedule, config.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(),
         # Weighted: distributed validation pads with examples of weight 0,
         # and Keras passes sample weights to weighted_metrics alone.
@@ -316,39 +316,6 @@ def compile_model(model: keras.Model, config: TrainConfig, phase: str, steps_per
     # tracing make TensorFlow trace the step twice, a second long wait at the
     # start of each phase.
     model.optimizer.build(model.trainable_variables)
-
-
-class StepCosineDecay(keras.optimizers.schedules.CosineDecay):
-    """Keras' CosineDecay, computed once per traced step.
-
-    Keras' weight decay asks for the learning rate once per variable
-    (`_apply_weight_decay` of keras/src/backend/tensorflow/optimizer.py):
-    about 320 copies of the schedule's ops in ResNet50's step, 4 of the 11 s
-    its tracing took here (docs/measurements.md). Within one graph the step
-    is one variable, read before the step updates it, so every copy has the
-    same value. Remove when the canary
-    `test_weight_decay_asks_for_the_learning_rate_once_per_variable` fails.
-    """
-
-    def __call__(self, step):
-        if tf.executing_eagerly():
-            return super().__call__(step)
-        graph = tf.compat.v1.get_default_graph()
-        traced = getattr(self, '_traced', None)
-        if traced is None or traced[0]() is not graph or traced[1] is not step:
-            self._traced = (weakref.ref(graph), step, super().__call__(step))
-        return self._traced[2]
-
-
-def make_optimizer(name: str, learning_rate, weight_decay: float) -> keras.optimizers.Optimizer:
-    """The optimizer by name, with decoupled weight decay; 0 means none."""
-    if name == 'sgd':
-        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True,
-                                    weight_decay=weight_decay or None)
-    if name == 'rmsprop':
-        return keras.optimizers.RMSprop(learning_rate, weight_decay=weight_decay or None)
-    # AdamW insists on a number; 0 makes its decay step a no-op.
-    return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
 
 
 # ----------------------------------------------------------------------------

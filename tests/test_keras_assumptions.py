@@ -85,30 +85,3 @@ def test_weights_files_hold_the_optimizer_state_and_load_without_it(tmp_path):
     _canary(all(np.array_equal(a, b) for a, b in zip(uncompiled.get_weights(),
                                                       model.get_weights())),
             'load_weights into an uncompiled model no longer loads the weights')
-
-
-class _CountingCosineDecay(keras.optimizers.schedules.CosineDecay):
-    calls = 0
-
-    def __call__(self, step):
-        type(self).calls += 1
-        return super().__call__(step)
-
-
-def _traced_weight_decay_step(schedule, variables: int) -> None:
-    """One SGD step with weight decay on `variables` variables, traced."""
-    weights = [keras.Variable(np.ones(3, np.float32)) for _ in range(variables)]
-    optimizer = keras.optimizers.SGD(schedule, weight_decay=0.1)
-    optimizer.build(weights)
-    tf.function(lambda: optimizer.apply([tf.ones(3)] * variables, weights))()
-
-
-def test_weight_decay_asks_for_the_learning_rate_once_per_variable():
-    """train.StepCosineDecay computes the schedule once per traced step because
-    Keras asks for it once per variable; remove it when this fails."""
-    _CountingCosineDecay.calls = 0
-    _traced_weight_decay_step(_CountingCosineDecay(0.1, decay_steps=10), variables=20)
-    _canary(_CountingCosineDecay.calls >= 20,
-            f'the schedule was called {_CountingCosineDecay.calls} times for 20 variables: '
-            f'Keras no longer asks once per variable; drop train.StepCosineDecay. {TESTED}')
-

@@ -102,18 +102,6 @@ def test_validation_loss_and_accuracy_count_real_examples_only(sample_records):
     assert logs['accuracy'] == pytest.approx(np.mean(probabilities.argmax(axis=1) == labels))
 
 
-@pytest.mark.parametrize('name', config_lib.OPTIMIZERS)
-def test_weight_decay_means_what_it_says_for_every_optimizer(name):
-    decayed = {}
-    for weight_decay in (0.0, 0.1):
-        variable = keras.Variable(np.ones(3, np.float32))
-        optimizer = train.make_optimizer(name, 0.5, weight_decay)
-        optimizer.apply_gradients([(np.zeros(3, np.float32), variable)])
-        decayed[weight_decay] = variable.numpy()
-    np.testing.assert_array_equal(decayed[0.0], np.ones(3))  # A zero gradient, no decay.
-    assert np.all(decayed[0.1] < 1.0)
-
-
 def _fake_run_folder(model_dir, records_dir, **flags):
     """A run folder as the trainer leaves it after its first epoch, for resume checks."""
     manifest = records.load_manifest(records_dir)
@@ -250,38 +238,3 @@ def test_records_without_manifest_are_refused(tmp_path, capsys):
     assert 'manifest.json not found' in capsys.readouterr().err
     assert not (tmp_path / 'run').exists()
 
-
-def test_the_schedule_is_computed_once_per_traced_step_with_keras_values():
-    calls = []
-    original = keras.optimizers.schedules.CosineDecay.__call__
-
-    def counted(self, step):
-        calls.append(step)
-        return original(self, step)
-
-    schedule = train.StepCosineDecay(0.0, decay_steps=90, warmup_target=0.4,
-                                     warmup_steps=10)
-    reference = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=90, warmup_target=0.4,
-                                                       warmup_steps=10)
-    for step in (0, 5, 10, 50, 100):  # Eagerly, each step as Keras computes it.
-        assert float(schedule(step)) == float(reference(step))
-    weights = [keras.Variable(np.ones(3, np.float32)) for _ in range(20)]
-    optimizer = keras.optimizers.SGD(schedule, weight_decay=0.1)
-    optimizer.build(weights)
-    expected_optimizer = keras.optimizers.SGD(reference, weight_decay=0.1)
-    expected_weights = [keras.Variable(np.ones(3, np.float32)) for _ in range(20)]
-    expected_optimizer.build(expected_weights)
-    keras.optimizers.schedules.CosineDecay.__call__ = counted
-    try:
-        step = tf.function(lambda: optimizer.apply([tf.ones(3)] * 20, weights))
-        for _ in range(12):
-            step()
-    finally:
-        keras.optimizers.schedules.CosineDecay.__call__ = original
-    assert len(calls) == 1  # Traced once, the schedule computed once in it.
-    expected_step = tf.function(lambda: expected_optimizer.apply([tf.ones(3)] * 20,
-                                                                  expected_weights))
-    for _ in range(12):
-        expected_step()
-    for weight, expected in zip(weights, expected_weights):
-        np.testing.assert_array_equal(weight.numpy(), expected.numpy())
