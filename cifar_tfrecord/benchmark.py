@@ -358,10 +358,7 @@ def _stage_breakdown(config: InputConfig, manifest: records.Manifest, epochs: in
             lambda epoch: pipeline.epoch_batches(split, changed, epoch, config.batch_size,
                                                  steps)).prefetch(pipeline.AUTOTUNE)
 
-    # Each shard's records in one batch, as `pipeline.whole` reads them.
-    read = tf.data.Dataset.from_tensor_slices(paths).interleave(
-        lambda path: tf.data.TFRecordDataset(path).batch(count),
-        num_parallel_calls=pipeline.AUTOTUNE)
+    read = pipeline.shard_records(tf.data.Dataset.from_tensor_slices(paths))
     return {'stage_1_read': _warm(read.repeat(), epochs * len(paths)),
             'stage_2_parse_decode': _warm(pipeline.whole(paths, manifest.encoding).repeat(),
                                           epochs),

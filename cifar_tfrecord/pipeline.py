@@ -318,13 +318,17 @@ def whole(paths: list[str], encoding: str,
                 lambda serialized: parse(serialized, encoding))
         logging.info('Input pipeline %d of %d reads its own shard files.', worker, workers)
         files = files.shard(workers, worker)
-    # An empty shard gives no element; every other, one: its records.
-    shards = files.interleave(lambda path: tf.data.TFRecordDataset(path).batch(_WHOLE),
-                              num_parallel_calls=AUTOTUNE, deterministic=True)
-    parsed = shards.map(lambda serialized: parse(serialized, encoding),
-                        num_parallel_calls=AUTOTUNE, deterministic=True)
+    parsed = shard_records(files).map(lambda serialized: parse(serialized, encoding),
+                                      num_parallel_calls=AUTOTUNE, deterministic=True)
     return parsed.ragged_batch(len(paths)).map(
         lambda images, labels: (images.flat_values, labels.flat_values))
+
+
+def shard_records(files: tf.data.Dataset) -> tf.data.Dataset:
+    """Each shard file's serialized records as one element, the files read in
+    parallel, in order; an empty shard gives no element."""
+    return files.interleave(lambda path: tf.data.TFRecordDataset(path).batch(_WHOLE),
+                            num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def cache_path(cache: str, manifest: records.Manifest, split: str,
