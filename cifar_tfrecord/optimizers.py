@@ -7,10 +7,14 @@ longest part of tracing the train step, and of Grappler's first pass over
 it. Here what the variables share (learning rate, decay rate, Adam's beta
 powers) is computed once a step, and each variable's AdamW or SGD update is
 TensorFlow's fused kernel for Keras' formula (`ResourceApplyAdam`,
-`ResourceApplyKerasMomentum`) after one for its decay: three or four
-operations a variable, and the first step of `cpu_scratch.flags` comes
-about 6 s sooner (docs/measurements.md). The slots, and so the checkpoints,
-are Keras' own.
+`ResourceApplyKerasMomentum`) after one for its decay: 8 operations a
+variable in the traced step, 3 of them its captured handles, and the first
+step of the CPU recipes comes about 8 s sooner (docs/measurements.md). The
+slots, and so the checkpoints, are Keras' own.
+
+`_backend_update_step` and `_apply_weight_decay` are private methods of
+Keras' TensorFlow optimizer; tests/test_optimizers.py checks each update
+against Keras' own optimizer, so a Keras that changes them fails there.
 """
 
 import keras

@@ -37,7 +37,8 @@ def _schedule():
 
 def _train(make_optimizer, steps: int = 6, strategy=None) -> list[np.ndarray]:
     """The variables after `steps` traced updates by `make_optimizer()`, from
-    the same variables with the same random gradients."""
+    the same variables with the same random gradients: each variable's copies,
+    one a replica, stacked."""
     strategy = strategy or tf.distribute.get_strategy()
     generator = np.random.default_rng(0)
     gradients = [[generator.normal(size=shape).astype(np.float32) for shape in SHAPES]
@@ -52,14 +53,15 @@ def _train(make_optimizer, steps: int = 6, strategy=None) -> list[np.ndarray]:
         [tf.identity(gradient) for gradient in replica_grads], variables), args=(grads,)))
     for step_gradients in gradients:
         step([tf.constant(gradient) for gradient in step_gradients])
-    return [variable.numpy() for variable in variables]
+    return [np.stack([copy.numpy() for copy in strategy.experimental_local_results(variable.value)])
+            for variable in variables]
 
 
 @pytest.mark.parametrize('weight_decay', [0.0, 0.1])
 @pytest.mark.parametrize('name', sorted(PAIRS))
-def test_fused_updates_are_keras_updates(name, weight_decay):
-    fused, reference = PAIRS[name]
-    got = _train(lambda: fused(_schedule(), weight_decay))
+def test_updates_are_keras_updates(name, weight_decay):
+    ours, reference = PAIRS[name]
+    got = _train(lambda: ours(_schedule(), weight_decay))
     expected = _train(lambda: reference(_schedule(), weight_decay))
     start = _train(lambda: reference(0.0, 0.0))  # The variables as they started.
     for variable, expected_variable, initial in zip(got, expected, start):
@@ -68,14 +70,16 @@ def test_fused_updates_are_keras_updates(name, weight_decay):
 
 
 @pytest.mark.parametrize('name', sorted(PAIRS))
-def test_fused_updates_on_two_replicas_are_keras_updates(name):
+def test_updates_on_two_replicas_are_keras_updates(name):
     # Each replica updates its own copy, through the handle of that copy.
-    fused, reference = PAIRS[name]
+    ours, reference = PAIRS[name]
     two_replicas = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
-    got = _train(lambda: fused(_schedule(), 0.1), strategy=two_replicas)
+    got = _train(lambda: ours(_schedule(), 0.1), strategy=two_replicas)
     expected = _train(lambda: reference(_schedule(), 0.1), strategy=two_replicas)
-    for variable, expected_variable in zip(got, expected):
-        np.testing.assert_allclose(variable, expected_variable, rtol=1e-6, atol=1e-7)
+    for copies, expected_copies in zip(got, expected):
+        assert len(copies) == 2
+        np.testing.assert_array_equal(copies[0], copies[1])
+        np.testing.assert_allclose(copies, expected_copies, rtol=1e-6, atol=1e-7)
 
 
 def _operations_a_variable(optimizer) -> float:
