@@ -35,7 +35,8 @@ def _schedule():
                                                   warmup_steps=2)
 
 
-def _train(make_optimizer, steps: int = 6, strategy=None) -> list[np.ndarray]:
+def _train(make_optimizer, steps: int = 6, strategy=None,
+           jit_compile: bool = False) -> list[np.ndarray]:
     """The variables after `steps` traced updates by `make_optimizer()`, from
     the same variables with the same random gradients: each variable's copies,
     one a replica, stacked."""
@@ -50,7 +51,8 @@ def _train(make_optimizer, steps: int = 6, strategy=None) -> list[np.ndarray]:
         optimizer.build(variables)
     # Identities put each replica's gradients on its device, as a backward pass does.
     step = tf.function(lambda grads: strategy.run(lambda replica_grads: optimizer.apply(
-        [tf.identity(gradient) for gradient in replica_grads], variables), args=(grads,)))
+        [tf.identity(gradient) for gradient in replica_grads], variables), args=(grads,)),
+        jit_compile=jit_compile)
     for step_gradients in gradients:
         step([tf.constant(gradient) for gradient in step_gradients])
     return [np.stack([copy.numpy() for copy in strategy.experimental_local_results(variable.value)])
@@ -80,6 +82,16 @@ def test_updates_on_two_replicas_are_keras_updates(name):
         assert len(copies) == 2
         np.testing.assert_array_equal(copies[0], copies[1])
         np.testing.assert_allclose(copies, expected_copies, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('name', sorted(PAIRS))
+def test_updates_compiled_by_xla_are_keras_updates(name):
+    # --jit_compile, the default on GPUs: each fused kernel needs an XLA kernel.
+    ours, reference = PAIRS[name]
+    got = _train(lambda: ours(_schedule(), 0.1), jit_compile=True)
+    expected = _train(lambda: reference(_schedule(), 0.1))
+    for variable, expected_variable in zip(got, expected):
+        np.testing.assert_allclose(variable, expected_variable, rtol=1e-6, atol=1e-7)
 
 
 def _operations_a_variable(optimizer) -> float:
