@@ -1,16 +1,17 @@
 """The optimizers of both phases.
 
-Keras' `update_step` makes about 45 operations a variable for AdamW, each
-through its op dispatch, the step's scalars and the weight decay's included,
-and ResNet50 has about 220 trainable variables: building them was the
-longest part of tracing the train step, and of Grappler's first pass over
-it. Here what the variables share (learning rate, decay rate, Adam's beta
-powers) is computed once a step, and each variable's AdamW or SGD update is
+Keras' `update_step` makes a few dozen operations a variable, each through
+its op dispatch, the step's scalars and the weight decay's included, and
+ResNet50 has about 220 trainable variables: building them was the longest
+part of tracing the train step, and of Grappler's first pass over it. Here
+what the variables share (learning rate, decay rate, Adam's beta powers) is
+computed once a step, and each variable's AdamW or SGD update is
 TensorFlow's fused kernel for Keras' formula (`ResourceApplyAdam`,
 `ResourceApplyKerasMomentum`) after one for its decay: 8 operations a
-variable in the traced step, 3 of them its captured handles, and the first
-step of the CPU recipes comes about 8 s sooner (docs/measurements.md). The
-slots, and so the checkpoints, are Keras' own.
+variable in the traced step against Keras' 57 for AdamW
+(tests/test_optimizers.py counts them), and the first training step comes
+seconds sooner (docs/measurements.md). The slots, and so the checkpoints,
+are Keras' own.
 
 `_backend_update_step` and `_apply_weight_decay` are private methods of
 Keras' TensorFlow optimizer; tests/test_optimizers.py checks each update

@@ -10,7 +10,8 @@ The chains together cover: mid-epoch and between epochs, in the freeze
 phase and in the fine-tune phase, inside a save, --freeze_epochs=0 and 1,
 --weights=none and a weights file (each with --freeze_epochs=0), the memory
 cache and --cache=PATH (each with a weights file), float32 and mixed
-bfloat16. tests/test_launch.py resumes two workers.
+bfloat16, each optimizer with weight decay (sgd, adamw as the CPU recipes
+train, rmsprop). tests/test_launch.py resumes two workers.
 """
 
 import os
@@ -96,7 +97,7 @@ def test_pretrained_two_phases_resume_exactly_after_kills_anywhere(
     # One freeze epoch (training steps 1-2), two fine-tuning epochs (3-6);
     # the weights file replaces SMALL_TRAINING's --weights=none.
     flags = _flags(sample_records, f'--weights={backbone_weights}', '--freeze_epochs=1',
-                   '--fine_tune_epochs=2')
+                   '--fine_tune_epochs=2', '--weight_decay=0.01')
     _completed(tmp_path / 'reference', flags)
 
     run = tmp_path / 'run'
@@ -118,7 +119,8 @@ def test_pretrained_two_phases_resume_exactly_after_kills_anywhere(
 
 def test_from_scratch_in_bfloat16_with_a_file_cache_resumes_exactly(sample_records, tmp_path):
     flags = _flags(sample_records, '--freeze_epochs=0', '--fine_tune_epochs=3',
-                   f'--cache={tmp_path / "cache" / "images"}', '--mixed_precision=mixed_bfloat16')
+                   f'--cache={tmp_path / "cache" / "images"}', '--mixed_precision=mixed_bfloat16',
+                   '--optimizer=adamw', '--weight_decay=0.05')
     _completed(tmp_path / 'reference', flags)
 
     run = tmp_path / 'run'
@@ -141,7 +143,8 @@ def test_fine_tuning_a_weights_file_without_a_freeze_phase_resumes_exactly(
     # The pairs the two chains above leave out: a weights file with
     # --freeze_epochs=0, and a weights file with --cache=PATH.
     flags = _flags(sample_records, f'--weights={backbone_weights}', '--freeze_epochs=0',
-                   '--fine_tune_epochs=2', f'--cache={tmp_path / "cache" / "images"}')
+                   '--fine_tune_epochs=2', f'--cache={tmp_path / "cache" / "images"}',
+                   '--optimizer=rmsprop', '--weight_decay=0.01')
     _completed(tmp_path / 'reference', flags)
 
     run = tmp_path / 'run'
